@@ -1,0 +1,53 @@
+"""Tensor-name and config-key conventions across architectures, as data. One place for each."""
+
+from __future__ import annotations
+
+import re
+
+# "<prefix>.<N>.<rest>": model.layers.5.mlp.down_proj.weight, transformer.h.5.attn.c_attn.weight
+LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+# Non-layer tensors whose name holds one of these come before the layers (embeddings); the other
+# non-layer tensors (final norm, lm_head) come after them.
+PRE_LAYER_MARKERS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddings", "token_type_embeddings")
+
+# The output projection of a causal LM; absent when it is tied to the input embeddings.
+HEAD_PREFIXES = ("lm_head.", "embed_out.")
+
+# config.json keys that hold the number of layers (Llama/Mistral/Qwen/Gemma/Phi: num_hidden_layers;
+# GPT-2: n_layer; some others: num_layers, n_layers), also inside a nested "text_config".
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+NESTED_CONFIG_KEYS = ("text_config",)
+
+# config.json lists with one entry per layer, kept in step with the output's layer order.
+PER_LAYER_KEYS = ("layer_types",)
+
+# Files copied from the donor model (tokenizer, generation settings, chat templates).
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+)
+GENERATION_FILES = ("generation_config.json",)
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+DONOR_FILES = TOKENIZER_FILES + GENERATION_FILES + CHAT_TEMPLATE_FILES
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+CONFIG = "config.json"
+
+
+def shard_name(index: int, count: int) -> str:
+    """transformers' shard naming: model-00001-of-00003.safetensors."""
+    return SAFETENSORS_SINGLE if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)

@@ -1,0 +1,180 @@
+"""The command line: argument parsing, output modes and the one error boundary. No merge logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from mergesmith import __version__
+from mergesmith.errors import MergesmithError
+
+log = logging.getLogger("mergesmith")
+
+MERGE_EXAMPLES = """
+\b
+Examples:
+  mergesmith merge recipe.yaml ./merged
+  mergesmith merge recipe.yaml ./merged --model-path Sao10K/Fimbulvetr-11B-v2=/models/fimbulvetr
+  mergesmith merge recipe.yaml ./merged --out-shard-size 2G --overwrite
+"""
+
+PLAN_EXAMPLES = """
+\b
+Examples:
+  mergesmith plan recipe.yaml
+  mergesmith plan recipe.yaml --json | jq '.entries | length'
+"""
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", value, re.IGNORECASE)
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a size; write bytes, or e.g. 500M, 5G, 2GiB")
+    number, unit, binary = float(match[1]), match[2].upper(), bool(match[3])
+    power = " KMGT".index(unit or " ")
+    size = int(number * (1024 if binary else 1000) ** power)
+    if size <= 0:
+        raise click.BadParameter("the shard size must be positive")
+    return size
+
+
+def _parse_model_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
+    mapping = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise click.BadParameter(f"{value!r}: write NAME=DIR, e.g. Sao10K/Fimbulvetr-11B-v2=/models/fimbulvetr")
+        mapping[name] = Path(folder)
+    return mapping
+
+
+model_path_option = click.option(
+    "--model-path", "model_paths", multiple=True, callback=_parse_model_paths, metavar="NAME=DIR",
+    help="Read model NAME (as the recipe writes it) from the folder DIR. Repeatable.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mergesmith")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Build new language models out of existing ones, from mergekit-compatible recipes."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"quiet": quiet}
+
+
+@cli.command(epilog=MERGE_EXAMPLES)
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@model_path_option
+@click.option("--out-shard-size", default="5G", show_default=True, callback=_parse_size, help="Largest shard, in bytes (500M, 5G, 2GiB).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def merge(ctx: click.Context, recipe: Path, out: Path, model_paths: dict, out_shard_size: int, overwrite: bool, as_json: bool) -> None:
+    """Merge the models of RECIPE into the folder OUT."""
+    from mergesmith.api import merge as run_merge
+    from mergesmith.execute import MergeOptions
+
+    options = MergeOptions(out_shard_bytes=out_shard_size, overwrite=overwrite, progress=not (ctx.obj["quiet"] or as_json))
+    report = run_merge(recipe, out, model_paths=model_paths, options=options)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
+    elif not ctx.obj["quiet"]:
+        _echo_summary(report)
+
+
+@cli.command(epilog=PLAN_EXAMPLES)
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@model_path_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
+def plan(recipe: Path, model_paths: dict, as_json: bool) -> None:
+    """Check RECIPE and print one line per output tensor. Reads only headers and configs."""
+    from mergesmith.api import plan as make_plan
+
+    result = make_plan(recipe, model_paths=model_paths)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    for entry in result.entries:
+        params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
+        sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
+        click.echo(f"{entry.output} {entry.dtype} {list(entry.shape)} <- {entry.method}({params}) {sources}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple) and len(value) == 1:
+        value = value[0]
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@cli.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep the demo model and the merge in this folder.")
+@click.pass_context
+def demo(ctx: click.Context, keep: Path | None) -> None:
+    """Run the seed recipe on a small random Fimbulvetr-shaped model, offline, and check the result."""
+    from mergesmith import demo as seed_demo
+    from mergesmith.api import merge as run_merge
+    from mergesmith.execute import MergeOptions
+
+    with tempfile.TemporaryDirectory(prefix="mergesmith-demo-") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        source = seed_demo.build_demo_model(work / "fimbulvetr-demo")
+        recipe = work / seed_demo.SEED_RECIPE
+        recipe.write_text(seed_demo.seed_recipe_text(), encoding="utf-8")
+        click.echo(f"built a random 48-layer Mistral-shaped model in {source}", err=True)
+        report = run_merge(recipe, work / "merged", model_paths={seed_demo.SEED_MODEL: source},
+                           options=MergeOptions(overwrite=True, progress=not ctx.obj["quiet"]))
+        check = seed_demo.check_demo_output(source, report.out)
+        _echo_summary(report)
+        click.echo(f"check: {check.layers} layers, {check.tensors} tensors: {check.scaled} scaled by the recipe's "
+                   f"1.5-4.0 ramp, {check.copied} copied byte for byte, all equal to an independent computation")
+
+
+def _echo_summary(report) -> None:
+    rate = report.bytes_written / report.elapsed_s / 1e9 if report.elapsed_s else 0.0
+    click.echo(f"wrote {report.out}: {report.tensors} tensors in {len(report.shards)} shard(s), "
+               f"{report.bytes_written / 1e9:.3f} GB in {report.elapsed_s:.2f} s ({rate:.2f} GB/s)")
+    click.echo("files: " + ", ".join(report.files))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one error boundary. Exit codes: 0 ok, 1 user error, 2 usage, 3 bug, 130 Ctrl-C."""
+    try:
+        code = cli.main(args=argv, prog_name="mergesmith", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the output folder was left as it was", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except MergesmithError as err:
+        click.echo(f"error: {err}", err=True)
+        if os.environ.get("MERGESMITH_DEBUG"):
+            traceback.print_exc()
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc()
+        click.echo(f"\nmergesmith {__version__} hit a bug; please report it with this output and the recipe.", err=True)
+        sys.exit(3)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

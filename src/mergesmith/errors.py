@@ -1,0 +1,35 @@
+"""Every error a user can fix. The CLI prints these without a traceback and exits 1."""
+
+from __future__ import annotations
+
+
+class MergesmithError(Exception):
+    """A problem the user can fix: the message says what and where, the hint how to fix it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class RecipeError(MergesmithError, ValueError):
+    """The recipe YAML is malformed: syntax, unknown key, wrong type, bad parameter."""
+
+
+class CheckpointError(MergesmithError, OSError):
+    """A model, shard or tensor is missing or unreadable."""
+
+
+class PlanError(MergesmithError):
+    """The recipe and the checkpoints disagree: layer out of range, shapes differ, contract broken."""
+
+
+class OutputError(MergesmithError, OSError):
+    """The output folder cannot be written: it exists, or the disk refuses."""
+
+
+class UnsupportedError(MergesmithError):
+    """The recipe asks for something mergesmith does not do (yet)."""

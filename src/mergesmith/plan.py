@@ -1,0 +1,300 @@
+"""Recipe + checkpoint headers -> Plan: every output tensor with its sources and resolved parameters.
+
+Planning reads configs and safetensors headers only, never tensor data, and checks everything a
+merge could trip on later: the method's input contract, parameter names and types, layer ranges,
+shapes. A Plan is plain frozen data: print it, diff it, test it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mergesmith.checkpoints import Checkpoint
+from mergesmith.checkpoints.names import DONOR_FILES, LAYER_COUNT_KEYS, NESTED_CONFIG_KEYS, PER_LAYER_KEYS, is_head
+from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, tensor_nbytes
+from mergesmith.errors import PlanError, RecipeError, UnsupportedError
+from mergesmith.methods import get_method
+from mergesmith.methods.spec import MethodSpec
+from mergesmith.recipe import LoadedRecipe
+from mergesmith.recipe.resolve import Level, resolve_parameter
+from mergesmith.recipe.schema import InputSlice, OutputSlice, Recipe
+
+
+@dataclass(frozen=True)
+class Source:
+    model: str  # model reference as the recipe wrote it
+    tensor: str  # tensor name inside that checkpoint
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    output: str  # tensor name in the merged model
+    method: str  # registry key
+    sources: tuple[Source, ...]
+    params: tuple[tuple[str, Any], ...]  # resolved; a per-input parameter holds one value per source
+    shape: tuple[int, ...]
+    dtype: str  # written dtype, safetensors code ("BF16")
+    load_dtype: str | None  # inputs are cast to this before the method (recipe `dtype`)
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class Plan:
+    entries: tuple[PlanEntry, ...]
+    config: Mapping[str, Any]  # the output config.json
+    method: str
+    models: tuple[str, ...]  # every model reference, donor first when it is the base
+    hub_ids: tuple[str, ...]  # those of `models` that are hub ids (named in the card's front matter)
+    donor: str  # config, generation settings and chat template come from here
+    copied_files: tuple[tuple[str, str], ...]  # (model reference, file name) copied into the output
+    recipe_text: str
+
+
+@dataclass(frozen=True)
+class _SliceSpec:
+    """An output slice after `models:` / `modules:` are normalised to slices."""
+
+    path: str  # "slices[3]"
+    sources: tuple[tuple[str, InputSlice], ...]  # (key path, source)
+    levels: tuple[Level, ...]  # slice, module and top-level parameters, highest first
+
+
+def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> Plan:
+    """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint)."""
+    recipe = loaded.recipe
+    spec, _ = get_method(recipe.merge_method)
+    _check_unsupported(recipe)
+    load_dtype = dtype_code_from_recipe(recipe.dtype, key="dtype") if recipe.dtype else None
+    out_dtype = dtype_code_from_recipe(recipe.out_dtype, key="out_dtype") if recipe.out_dtype else None
+    slices = _normalise(recipe, checkpoints)
+    for out_slice in slices:
+        _check_slice(out_slice, spec, checkpoints)
+
+    builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype)
+    first, last = slices[0], slices[-1]
+    first_model = checkpoints[first.sources[0][1].model]
+    out_prefix = first_model.layout.prefix
+    for name in first_model.layout.pre_layer:
+        builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
+    layer_sources: list[int] = []
+    for out_slice in slices:
+        start, end = out_slice.sources[0][1].layer_range
+        count = end - start
+        for offset in range(count):
+            t = offset / (count - 1) if count > 1 else 1.0
+            out_index = len(layer_sources)
+            layer_sources.append(start + offset)
+            model = checkpoints[out_slice.sources[0][1].model]
+            for rest in model.layout.layer_tensors[start + offset]:
+                inputs = [(src, _layer_name(checkpoints[src.model], src.layer_range[0] + offset, rest)) for _, src in out_slice.sources]
+                builder.add(f"{out_prefix}.{out_index}.{rest}", out_slice, inputs, t=t)
+    last_model = checkpoints[last.sources[0][1].model]
+    for name in last_model.layout.post_layer:
+        builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
+
+    donor = recipe.base_model or recipe.referenced_models()[0]
+    entries = tuple(builder.entries)
+    config = _output_config(checkpoints[donor], entries, layer_sources, out_dtype or load_dtype)
+    models = tuple(recipe.referenced_models())
+    return Plan(
+        entries=entries,
+        config=config,
+        method=spec.name,
+        models=models,
+        hub_ids=tuple(m for m in models if checkpoints[m].ref.is_hub_id),
+        donor=donor,
+        copied_files=_copied_files(recipe, donor, checkpoints),
+        recipe_text=loaded.text,
+    )
+
+
+def _layer_name(checkpoint: Checkpoint, index: int, rest: str) -> str:
+    return checkpoint.layout.layer_name(index, rest)
+
+
+class _EntryBuilder:
+    def __init__(self, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], load: str | None, out: str | None):
+        self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
+        self.entries: list[PlanEntry] = []
+        self.seen: set[str] = set()
+
+    def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
+        infos = []
+        for src, name in inputs:
+            checkpoint = self.checkpoints[src.model]
+            if name not in checkpoint.weight_map:
+                raise PlanError(
+                    f"{out_slice.path}: model {src.model!r} has no tensor {name!r}, which {output} needs",
+                    hint="all models of a slice must share an architecture",
+                )
+            infos.append(checkpoint.tensor_info(name))
+        shapes = {info.shape for info in infos}
+        if len(shapes) > 1:
+            found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
+            raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
+        stored = infos[0].dtype
+        is_float = stored in FLOATING
+        self.entries.append(
+            PlanEntry(
+                output=output,
+                method=self.spec.name,
+                sources=tuple(Source(src.model, name) for src, name in inputs),
+                params=self._params(output, out_slice, inputs, t),
+                shape=infos[0].shape,
+                dtype=(self.out or self.load or stored) if is_float else stored,
+                load_dtype=self.load if is_float else None,
+            )
+        )
+
+    def _params(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float) -> tuple[tuple[str, Any], ...]:
+        resolved: list[tuple[str, Any]] = []
+        for param in self.spec.params:
+            if not param.per_input:
+                resolved.append((param.name, resolve_parameter(param, out_slice.levels, tensor_name=output, t=t)))
+                continue
+            values = []
+            for src, name in inputs:
+                own = [Level(path, s.parameters, True) for path, s in out_slice.sources if s.model == src.model]
+                values.append(resolve_parameter(param, [*own, *out_slice.levels], tensor_name=name, t=t))
+            resolved.append((param.name, tuple(values)))
+        return tuple(resolved)
+
+
+def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_SliceSpec]:
+    top = Level("parameters", recipe.parameters)
+    if recipe.modules:
+        if len(recipe.modules) != 1:
+            raise UnsupportedError("modules: more than one module is not supported yet")
+        (name, module), = recipe.modules.items()
+        prefix, module_levels = f"modules.{name}.", (Level(f"modules.{name}.parameters", module.parameters), top)
+        slices, models = module.slices, module.models
+    else:
+        prefix, module_levels = "", (top,)
+        slices, models = recipe.slices, recipe.models
+    if models:
+        # mergekit: a `models:` merge is one slice over every layer, with the base added if unnamed.
+        sources = [
+            (f"{prefix}models[{i}]", InputSlice(model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters))
+            for i, m in enumerate(models)
+        ]
+        if recipe.base_model and all(m.model != recipe.base_model for m in models):
+            sources.append(("base_model", InputSlice(model=recipe.base_model, layer_range=(0, _layer_count(checkpoints, recipe.base_model)))))
+        return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels)]
+    return [
+        _SliceSpec(
+            f"{prefix}slices[{i}]",
+            tuple((f"{prefix}slices[{i}].sources[{j}]", src) for j, src in enumerate(s.sources)),
+            (Level(f"{prefix}slices[{i}].parameters", s.parameters), *module_levels),
+        )
+        for i, s in enumerate(slices or ())
+    ]
+
+
+def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
+    return checkpoints[model].layout.count
+
+
+def _check_slice(out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint]) -> None:
+    count, contract = len(out_slice.sources), spec.inputs
+    if count < contract.min_count or (contract.max_count is not None and count > contract.max_count):
+        wanted = f"exactly {contract.max_count}" if contract.max_count == contract.min_count else f"at least {contract.min_count}"
+        raise PlanError(
+            f"{out_slice.path}: {spec.name} takes {wanted} source(s) per slice, found {count}",
+            hint="passthrough copies one model per slice: give each source its own slice" if spec.name == "passthrough" else None,
+        )
+    lengths = set()
+    for path, src in out_slice.sources:
+        _check_layer_range(path, src, checkpoints[src.model])
+        lengths.add(src.layer_range[1] - src.layer_range[0])
+        for level in (Level(f"{path}.parameters", src.parameters, True), *out_slice.levels):
+            _check_parameter_names(level, spec)
+    if len(lengths) > 1:
+        found = ", ".join(f"{list(src.layer_range)}" for _, src in out_slice.sources)
+        raise RecipeError(f"{out_slice.path}: every source of a slice needs the same number of layers (found {found})")
+
+
+def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> None:
+    start, end = src.layer_range
+    total = checkpoint.layout.count
+    if start < 0 or end <= start:
+        raise RecipeError(
+            f"{path}.layer_range: [{start}, {end}] is empty or negative",
+            hint="layer_range is [first, last + 1]: [0, 4] means layers 0, 1, 2 and 3",
+        )
+    if end > total:
+        raise RecipeError(
+            f"{path}.layer_range: [{start}, {end}] reaches layer {end - 1}, but {src.model} has {total} layers (0-{total - 1})",
+            hint=f"layer_range is half-open: [{start}, {total}] already includes layer {total - 1}",
+        )
+
+
+def _check_parameter_names(level: Level, spec: MethodSpec) -> None:
+    for name in level.settings or {}:
+        param = spec.param(name)
+        if param is None:
+            names = [p.name for p in spec.params]
+            close = difflib.get_close_matches(name, names, n=1)
+            choices = ", ".join(names) or "none"
+            raise RecipeError(
+                f"{level.path}.{name}: {spec.name} has no parameter {name!r}",
+                hint=f"did you mean '{close[0]}'?" if close else f"{spec.name} takes: {choices}",
+            )
+        if level.is_model_block and not param.per_input:
+            raise RecipeError(
+                f"{level.path}.{name}: {name!r} is a method-wide parameter and cannot be set per model",
+                hint="move it to the slice's or the top-level parameters",
+            )
+
+
+def _check_unsupported(recipe: Recipe) -> None:
+    if recipe.tokenizer is not None or recipe.tokenizer_source == "union":
+        raise UnsupportedError("tokenizer: merged vocabularies (union, token sources) are not supported yet")
+    if recipe.chat_template is not None:
+        raise UnsupportedError("chat_template: choosing a chat template is not supported yet", hint="remove the key; the donor model's template is copied")
+    if recipe.slices and any(s.base_model or s.residual_weight is not None for s in recipe.slices):
+        raise UnsupportedError("slices[].base_model / residual_weight are not supported yet")
+
+
+def _output_config(donor: Checkpoint, entries: tuple[PlanEntry, ...], layer_sources: list[int], dtype: str | None) -> dict[str, Any]:
+    config = copy.deepcopy(donor.config)
+    has_head = any(is_head(e.output) for e in entries)
+    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(part.get(key), int):
+                part[key] = len(layer_sources)
+        for key in PER_LAYER_KEYS:
+            values = part.get(key)
+            if isinstance(values, list) and len(values) == donor.layout.count:
+                part[key] = [values[i] for i in layer_sources]
+        if "tie_word_embeddings" in part or part is config:
+            # Never claim a tie that the tensors contradict: no lm_head written means tied.
+            part["tie_word_embeddings"] = not has_head
+    if dtype:
+        for key in [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]:
+            config[key] = config_name(dtype)
+    return config
+
+
+def _copied_files(recipe: Recipe, donor: str, checkpoints: Mapping[str, Checkpoint]) -> tuple[tuple[str, str], ...]:
+    tokenizer_model = donor
+    if recipe.tokenizer_source == "base":
+        if not recipe.base_model:
+            raise RecipeError("tokenizer_source: 'base' needs a base_model")
+        tokenizer_model = recipe.base_model
+    elif recipe.tokenizer_source:
+        if recipe.tokenizer_source not in checkpoints:
+            raise UnsupportedError("tokenizer_source: a model not otherwise in the recipe is not supported yet")
+        tokenizer_model = recipe.tokenizer_source
+    copied = []
+    for name in DONOR_FILES:
+        owner = tokenizer_model if name not in ("generation_config.json",) else donor
+        if checkpoints[owner].file_path(name) is not None:
+            copied.append((owner, name))
+    return tuple(copied)

@@ -1,0 +1,179 @@
+"""Everything that creates files: the temporary output folder, shards, index, config, card.
+
+Shards are laid out from the plan before any tensor exists: each header is final when the file is
+created, and each tensor's bytes are written straight into place (`os.pwrite`) as soon as they are
+ready. No shard is ever held in memory. The folder is built beside OUT and renamed into place only
+when complete; on any error it is removed, and OUT is as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mergesmith.checkpoints.names import CONFIG, SAFETENSORS_INDEX, shard_name
+from mergesmith.errors import OutputError
+from mergesmith.plan import Plan
+
+
+class TensorSlotSpec(Protocol):
+    """What the shard layout needs of a tensor: a PlanEntry, or a synthetic tensor."""
+
+    output: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ShardSlot:
+    """Where one output tensor's bytes go."""
+
+    shard: int
+    offset: int  # absolute, in the shard file
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    filenames: tuple[str, ...]
+    headers: tuple[bytes, ...]  # 8-byte length + JSON, padded to 8 bytes
+    sizes: tuple[int, ...]  # whole file sizes
+    slots: dict[str, ShardSlot]  # output tensor name -> slot
+
+
+def layout_shards(entries: Sequence[TensorSlotSpec], max_shard_bytes: int) -> ShardLayout:
+    """Cut the plan into shards of at most `max_shard_bytes` of tensor data, in plan order."""
+    groups: list[list[TensorSlotSpec]] = [[]]
+    used = 0
+    for entry in entries:
+        if groups[-1] and used + entry.nbytes > max_shard_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(entry)
+        used += entry.nbytes
+    filenames = tuple(shard_name(i, len(groups)) for i in range(len(groups)))
+    headers, sizes, slots = [], [], {}
+    for shard, group in enumerate(groups):
+        header, data_offsets = _header(group)
+        headers.append(header)
+        sizes.append(len(header) + sum(e.nbytes for e in group))
+        for entry, begin in zip(group, data_offsets):
+            slots[entry.output] = ShardSlot(shard, len(header) + begin, entry.nbytes)
+    return ShardLayout(filenames, tuple(headers), tuple(sizes), slots)
+
+
+def _header(group: list[TensorSlotSpec]) -> tuple[bytes, list[int]]:
+    meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offsets, position = [], 0
+    for entry in group:
+        meta[entry.output] = {"dtype": entry.dtype, "shape": list(entry.shape), "data_offsets": [position, position + entry.nbytes]}
+        offsets.append(position)
+        position += entry.nbytes
+    body = json.dumps(meta, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)  # the data section starts 8-byte aligned
+    return len(body).to_bytes(8, "little") + body, offsets
+
+
+class ShardWriter:
+    """Open shard files with final headers; `write(name, offset, data)` puts bytes in place."""
+
+    def __init__(self, folder: Path, layout: ShardLayout) -> None:
+        self.layout = layout
+        self.fds: list[int] = []
+        for filename, header, size in zip(layout.filenames, layout.headers, layout.sizes):
+            fd = os.open(folder / filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.fds.append(fd)
+            os.ftruncate(fd, size)
+            _pwrite_all(fd, header, 0)
+
+    def write(self, name: str, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at byte `offset` within tensor `name`'s slot."""
+        slot = self.layout.slots[name]
+        if offset + len(data) > slot.nbytes:
+            raise ValueError(f"{name}: {offset + len(data)} bytes exceed its {slot.nbytes}-byte slot")
+        _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
+
+    def close(self, *, sync: bool) -> None:
+        for fd in self.fds:
+            if sync:
+                os.fsync(fd)
+            os.close(fd)
+        self.fds = []
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def write_metadata(folder: Path, plan: Plan, layout: ShardLayout, copied: dict[str, Path], card: str) -> None:
+    """config.json, the index (when sharded), copied donor files, the card and the recipe."""
+    (folder / CONFIG).write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if len(layout.filenames) > 1:
+        index = {
+            "metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
+            "weight_map": {name: layout.filenames[slot.shard] for name, slot in sorted(layout.slots.items())},
+        }
+        (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    for filename, source in copied.items():
+        shutil.copyfile(source, folder / filename)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    (folder / "mergesmith_config.yml").write_text(plan.recipe_text, encoding="utf-8")
+
+
+def check_output_folder(out: Path, *, overwrite: bool) -> None:
+    """Refuse an existing non-empty OUT unless `overwrite`; refuse a file where a folder should be."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder", hint="choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"{out}: folder exists and is not empty", hint="choose another path, or pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise OutputError(f"{out.parent}: parent folder does not exist", hint=f"create it first: mkdir -p {out.parent}")
+
+
+@contextmanager
+def staging_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed to `out` when the block ends without error.
+
+    On any exception (KeyboardInterrupt included) the temporary folder is removed and `out` is
+    left exactly as it was.
+    """
+    check_output_folder(out, overwrite=overwrite)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+    except OSError as err:
+        raise OutputError(f"{out.parent}: cannot create the output there ({err.strerror or err})") from None
+    try:
+        yield staging
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    # OUT exists (empty, or --overwrite): move it aside, move ours in, then delete the old one.
+    aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, aside)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
