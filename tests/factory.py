@@ -1,0 +1,90 @@
+"""The one fixture factory: tiny random Hugging Face models of real architectures.
+
+Names and shapes come from transformers itself (the model class built on the meta device), values
+from mergesmith.synthetic's per-name seeded generator, so a model is the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mergesmith.synthetic import SyntheticTensor, random_values, write_synthetic_model
+
+# model_type -> config keywords of a tiny model of that family
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "gemma2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "phi3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4,
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "gpt2": dict(n_embd=32, n_head=4, n_positions=64),
+}
+LAYER_KEY = {"gpt2": "n_layer"}
+
+
+def build_model(
+    folder: Path,
+    arch: str = "mistral",
+    *,
+    layers: int = 4,
+    tied: bool = False,
+    vocab: int = 128,
+    max_shard_bytes: int = 5 * 10**9,
+    fmt: str = "safetensors",
+    dtype: str = "BF16",
+    seed: int = 0,
+) -> Path:
+    """Write a random model of `arch` into `folder` (config.json + weights) and return the folder."""
+    config = _config(arch, layers=layers, tied=tied, vocab=vocab)
+    tensors = [SyntheticTensor(name, shape, dtype) for name, shape in _state_shapes(config)]
+    if fmt == "safetensors":
+        write_synthetic_model(folder, config.to_dict(), tensors, seed=seed, max_shard_bytes=max_shard_bytes)
+    elif fmt == "bin":
+        _write_bin(folder, config.to_dict(), tensors, seed)
+    else:
+        raise ValueError(fmt)
+    return folder
+
+
+def _config(arch: str, *, layers: int, tied: bool, vocab: int):
+    from transformers import AutoConfig
+
+    kwargs = dict(ARCHITECTURES[arch])
+    kwargs[LAYER_KEY.get(arch, "num_hidden_layers")] = layers
+    config = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
+    config.architectures = [_causal_lm_class(arch)]
+    return config
+
+
+def _causal_lm_class(arch: str) -> str:
+    from transformers import AutoModelForCausalLM, AutoConfig
+
+    return AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(arch))].__name__
+
+
+def _state_shapes(config) -> list[tuple[str, tuple[int, ...]]]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    state = model.state_dict()
+    tied = set()
+    if getattr(config, "tie_word_embeddings", False):
+        tied = {name for name in state if name.startswith("lm_head.")}
+    return [(name, tuple(t.shape)) for name, t in state.items() if name not in tied]
+
+
+def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed: int) -> None:
+    import torch
+
+    from mergesmith.dtypes import torch_dtype
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {t.output: random_values(t.output, t.shape, seed=seed).to(torch_dtype(t.dtype)) for t in tensors}
+    torch.save(state, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))

@@ -1,0 +1,48 @@
+"""Make the golden expected values by running mergekit 0.1.5 in its own venv.
+
+    python -m venv /tmp/mk && /tmp/mk/bin/pip install torch==2.13.0 mergekit==0.1.5
+    python tests/golden/make_expected.py /tmp/mk/bin/mergekit-yaml
+
+For each case folder, writes expected.json: mergekit's output tensors (dtype, shape, sha256), its
+config's layer count and tie flag, and a digest of the inputs it was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from models import CASES, build_inputs, folder_digest, tensor_digests  # noqa: E402
+
+
+def main(mergekit_yaml: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = build_inputs(Path(tmp) / "inputs")
+        for case in CASES:
+            text = (HERE / case / "recipe.yaml").read_text()
+            used = sorted(name for name in inputs if name in text)
+            for name in used:
+                text = text.replace(name, str(inputs[name]))  # mergekit has no --model-path
+            recipe = Path(tmp) / f"{case}.yaml"
+            recipe.write_text(text)
+            out = Path(tmp) / f"{case}-out"
+            subprocess.run([mergekit_yaml, str(recipe), str(out), "--quiet", "--no-copy-tokenizer"], check=True)
+            config = json.loads((out / "config.json").read_text())
+            expected = {
+                "made_by": "mergekit 0.1.5 (tests/golden/make_expected.py)",
+                "inputs": {name: folder_digest(inputs[name]) for name in used},
+                "config": {k: config.get(k) for k in ("num_hidden_layers", "tie_word_embeddings")},
+                "tensors": tensor_digests(out),
+            }
+            (HERE / case / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+            print(f"{case}: {len(expected['tensors'])} tensors")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,49 @@
+"""The golden cases' input models, built from the one fixture factory (same bytes every run)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TESTS))
+
+from factory import build_model  # noqa: E402
+
+from mergesmith.demo import SEED_MODEL, build_demo_model  # noqa: E402
+
+CASES = ("seed_passthrough", "parameters_mixed", "tied_embeddings")
+
+
+def build_inputs(folder: Path) -> dict[str, Path]:
+    """Model name as the golden recipes write it -> folder."""
+    return {
+        SEED_MODEL: build_demo_model(folder / "fimbulvetr-demo"),
+        "golden/mistral-8": build_model(folder / "mistral-8", "mistral", layers=8, seed=8),
+        "golden/llama-tied-4": build_model(folder / "llama-tied-4", "llama", layers=4, tied=True, seed=4),
+    }
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the weight files of a model folder, to tell whether inputs changed."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def tensor_digests(folder: Path) -> dict[str, list]:
+    """name -> [dtype, shape, sha256 of the raw bytes] for every tensor of a model folder."""
+    from safetensors import safe_open
+
+    from mergesmith.dtypes import tensor_bytes
+
+    result = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                raw = bytes(tensor_bytes(t))
+                result[name] = [str(t.dtype).removeprefix("torch."), list(t.shape), hashlib.sha256(raw).hexdigest()]
+    return dict(sorted(result.items()))

@@ -1,0 +1,43 @@
+"""mergesmith's output equals mergekit 0.1.5's, tensor for tensor, bit for bit.
+
+The expected values were made by mergekit 0.1.5 in its own venv (tests/golden/make_expected.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from models import CASES, build_inputs, folder_digest, tensor_digests  # noqa: E402
+
+from mergesmith.api import merge  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    return build_inputs(tmp_path_factory.mktemp("golden-inputs"))
+
+
+@pytest.mark.mergekit
+@pytest.mark.parametrize("case", CASES)
+def test_output_equals_mergekit(case: str, inputs: dict[str, Path], tmp_path: Path) -> None:
+    expected = json.loads((HERE / case / "expected.json").read_text())
+    for name, digest in expected["inputs"].items():
+        assert folder_digest(inputs[name]) == digest, f"input model {name} changed; rerun make_expected.py"
+
+    out = tmp_path / "out"
+    merge(HERE / case / "recipe.yaml", out, model_paths=inputs)
+
+    actual = tensor_digests(out)
+    assert sorted(actual) == sorted(expected["tensors"]), "tensor names differ from mergekit's"
+    differing = [name for name in actual if actual[name] != expected["tensors"][name]]
+    assert not differing, f"{len(differing)} tensors differ from mergekit's, first: {differing[:3]}"
+    config = json.loads((out / "config.json").read_text())
+    for key, value in expected["config"].items():
+        assert config[key] == value, key
