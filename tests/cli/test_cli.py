@@ -1,0 +1,109 @@
+"""The command line: output formats, exit codes, messages without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergesmith.cli import main
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mergesmith.cli", *args], capture_output=True, text=True)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "slices:\n- sources: [{model: org/m, layer_range: [0, 2]}]\n"
+        "  parameters: {scale: [{filter: o_proj, value: [1.5, 2.5]}]}\nmerge_method: passthrough\ndtype: float32\n"
+    )
+    return path
+
+
+def test_plan_prints_one_line_per_tensor(capsys, recipe, make_model):
+    model = make_model(layers=2)
+    code, out, err = run_main(capsys, "plan", str(recipe), "--model-path", f"org/m={model}")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3 + 2 * 9
+    assert "model.layers.1.self_attn.o_proj.weight F32 [32, 32] <- passthrough(scale=2.5) org/m:model.layers.1.self_attn.o_proj.weight" in lines
+    assert "model.layers.0.mlp.up_proj.weight F32 [64, 32] <- passthrough() org/m:model.layers.0.mlp.up_proj.weight" in lines
+
+
+def test_plan_json(capsys, recipe, make_model):
+    model = make_model(layers=2)
+    code, out, _ = run_main(capsys, "plan", str(recipe), "--model-path", f"org/m={model}", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["method"] == "passthrough" and plan["models"] == ["org/m"]
+    entry = next(e for e in plan["entries"] if e["output"] == "model.layers.0.self_attn.o_proj.weight")
+    assert entry == {
+        "output": "model.layers.0.self_attn.o_proj.weight",
+        "method": "passthrough",
+        "sources": [{"model": "org/m", "tensor": "model.layers.0.self_attn.o_proj.weight"}],
+        "params": [["scale", [1.5]]],
+        "shape": [32, 32],
+        "dtype": "F32",
+        "load_dtype": "F32",
+    }
+    assert plan["config"]["num_hidden_layers"] == 2
+
+
+def test_merge_with_shard_size_and_json_summary(capsys, recipe, make_model, tmp_path):
+    model = make_model(layers=2, vocab=1000)
+    code, out, err = run_main(capsys, "merge", str(recipe), str(tmp_path / "o"), "--model-path", f"org/m={model}",
+                              "--out-shard-size", "0.05M", "--json")
+    report = json.loads(out)
+    assert code == 0 and len(report["shards"]) > 1 and report["tensors"] == 21
+    assert "model.safetensors.index.json" in report["files"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["plan", "missing.yaml"], 1, "error: missing.yaml: recipe file not found"),
+        (["merge"], 2, "Missing argument 'RECIPE'"),
+        (["merge", "r.yaml", "o", "--out-shard-size", "lots"], 2, "'lots' is not a size"),
+        (["merge", "r.yaml", "o", "--model-path", "nofolder"], 2, "'nofolder': write NAME=DIR"),
+        (["frobnicate"], 2, "No such command 'frobnicate'"),
+    ],
+)
+def test_exit_codes_and_messages(capsys, args, code, message):
+    got_code, _, err = run_main(capsys, *args)
+    assert got_code == code and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("passthru", "error: merge_method: unknown method 'passthru'\n  hint: did you mean 'passthrough'?"),
+        ("ties", "error: merge_method: 'ties' is not supported yet (supported now: passthrough)"),
+    ],
+)
+def test_method_errors(capsys, tmp_path, make_model, method, message):
+    (tmp_path / "r.yaml").write_text(f"models: [{{model: m}}]\nmerge_method: {method}\n")
+    code, _, err = run_main(capsys, "plan", str(tmp_path / "r.yaml"), "--model-path", f"m={make_model()}")
+    assert code == 1 and err.startswith(message)
+
+
+def test_help_shows_examples():
+    result = cli("merge", "--help")
+    assert result.returncode == 0 and "mergesmith merge recipe.yaml ./merged --model-path" in result.stdout
+
+
+def test_demo_runs_offline(tmp_path):
+    result = cli("demo", "--keep", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "check: 47 layers, 426 tensors: 86 scaled" in result.stdout
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_hidden_layers"] == 47
