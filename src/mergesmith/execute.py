@@ -70,6 +70,9 @@ def _run_entry(entry: PlanEntry, checkpoints: Mapping[str, Checkpoint], writer: 
     readers = [checkpoints[s.model] for s in entry.sources]
     infos = [c.tensor_info(s.tensor) for c, s in zip(readers, entry.sources)]
     if _is_plain_copy(entry, params, infos[0].dtype):
+        if infos[0].start >= 0:  # safetensors: the bytes move file to file
+            writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)
+            return
         for offset in range(0, entry.nbytes, chunk_bytes):
             writer.write(entry.output, offset, readers[0].read_bytes(entry.sources[0].tensor, offset, min(chunk_bytes, entry.nbytes - offset)))
         return

@@ -8,6 +8,7 @@ when complete; on any error it is removed, and OUT is as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -103,12 +104,42 @@ class ShardWriter:
             raise ValueError(f"{name}: {offset + len(data)} bytes exceed its {slot.nbytes}-byte slot")
         _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
 
+    def copy_from(self, name: str, source: Path, start: int, nbytes: int) -> None:
+        """Copy `nbytes` of file `source` from byte `start` into tensor `name`'s slot, in the kernel.
+
+        copy_file_range moves the bytes without bringing them into this process (and may share
+        extents on filesystems that support it); where the kernel refuses, we read and write.
+        """
+        slot = self.layout.slots[name]
+        if nbytes != slot.nbytes:
+            raise ValueError(f"{name}: {nbytes} bytes do not fit its {slot.nbytes}-byte slot")
+        with open(source, "rb") as src:
+            done = 0
+            try:
+                while done < nbytes:
+                    copied = os.copy_file_range(src.fileno(), self.fds[slot.shard], nbytes - done, start + done, slot.offset + done)
+                    if copied == 0:
+                        raise OSError(f"{source}: file ended early")
+                    done += copied
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                _copy_by_reading(src.fileno(), start + done, self.fds[slot.shard], slot.offset + done, nbytes - done)
+
     def close(self, *, sync: bool) -> None:
         for fd in self.fds:
             if sync:
                 os.fsync(fd)
             os.close(fd)
         self.fds = []
+
+
+def _copy_by_reading(fd_in: int, start: int, fd_out: int, offset: int, nbytes: int, chunk: int = 64 * 2**20) -> None:
+    for position in range(0, nbytes, chunk):
+        data = os.pread(fd_in, min(chunk, nbytes - position), start + position)
+        if not data:
+            raise OSError(f"input ended early at byte {start + position}")
+        _pwrite_all(fd_out, data, offset + position)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
