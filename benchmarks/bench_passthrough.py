@@ -34,7 +34,9 @@ SIZES = {
 def measure(command: list[str] | str) -> tuple[float, float, float]:
     """Run a command; return (wall seconds, CPU seconds, peak RSS in MB) of that child alone."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, shell=isinstance(command, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, shell=isinstance(command, str), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     if status != 0:
@@ -85,7 +87,9 @@ def main() -> None:
         "cp -r + sync": f"rm -rf {work}/out-cp && cp -r {model} {work}/out-cp && sync",
     }
     if not args.no_mergekit:
-        tools["mergekit 0.1.5"] = f"rm -rf {work}/out-mk && {mergekit_yaml(args.mergekit)} {mk_recipe} {work}/out-mk --quiet && sync"
+        tools["mergekit 0.1.5"] = (
+            f"rm -rf {work}/out-mk && {mergekit_yaml(args.mergekit)} {mk_recipe} {work}/out-mk --quiet && sync"
+        )
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}
     for _ in range(args.repeats):
         for name, command in tools.items():

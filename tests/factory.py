@@ -19,8 +19,15 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
     "qwen3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
     "gemma2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
-    "phi3": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4,
-                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "phi3": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "gpt2": dict(n_embd=32, n_head=4, n_positions=64),
 }
 LAYER_KEY = {"gpt2": "n_layer"}
@@ -61,7 +68,7 @@ def _config(arch: str, *, layers: int, tied: bool, vocab: int):
 
 
 def _causal_lm_class(arch: str) -> str:
-    from transformers import AutoModelForCausalLM, AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     return AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(arch))].__name__
 

@@ -28,7 +28,7 @@ def merge(
     out: str | os.PathLike[str],
     *,
     model_paths: Mapping[str, Path] | None = None,
-    options: MergeOptions = MergeOptions(),
+    options: MergeOptions | None = None,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
 
@@ -39,6 +39,6 @@ def merge(
     out = Path(out)
     from mergesmith.write import check_output_folder
 
-    check_output_folder(out, overwrite=options.overwrite)  # before any model is opened
+    check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.referenced_models(), model_paths)
-    return run_plan(plan_merge(loaded, checkpoints), checkpoints, out, options)
+    return run_plan(plan_merge(loaded, checkpoints), checkpoints, out, options or MergeOptions())

@@ -58,7 +58,11 @@ def _parse_model_paths(ctx: click.Context, param: click.Parameter, values: tuple
 
 
 model_path_option = click.option(
-    "--model-path", "model_paths", multiple=True, callback=_parse_model_paths, metavar="NAME=DIR",
+    "--model-path",
+    "model_paths",
+    multiple=True,
+    callback=_parse_model_paths,
+    metavar="NAME=DIR",
     help="Read model NAME (as the recipe writes it) from the folder DIR. Repeatable.",
 )
 
@@ -79,16 +83,26 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @model_path_option
-@click.option("--out-shard-size", default="5G", show_default=True, callback=_parse_size, help="Largest shard, in bytes (500M, 5G, 2GiB).")
+@click.option(
+    "--out-shard-size",
+    default="5G",
+    show_default=True,
+    callback=_parse_size,
+    help="Largest shard, in bytes (500M, 5G, 2GiB).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
-def merge(ctx: click.Context, recipe: Path, out: Path, model_paths: dict, out_shard_size: int, overwrite: bool, as_json: bool) -> None:
+def merge(
+    ctx: click.Context, recipe: Path, out: Path, model_paths: dict, out_shard_size: int, overwrite: bool, as_json: bool
+) -> None:
     """Merge the models of RECIPE into the folder OUT."""
     from mergesmith.api import merge as run_merge
     from mergesmith.execute import MergeOptions
 
-    options = MergeOptions(out_shard_bytes=out_shard_size, overwrite=overwrite, progress=not (ctx.obj["quiet"] or as_json))
+    options = MergeOptions(
+        out_shard_bytes=out_shard_size, overwrite=overwrite, progress=not (ctx.obj["quiet"] or as_json)
+    )
     report = run_merge(recipe, out, model_paths=model_paths, options=options)
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
@@ -121,7 +135,9 @@ def _show(value: object) -> str:
 
 
 @cli.command()
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep the demo model and the merge in this folder.")
+@click.option(
+    "--keep", type=click.Path(file_okay=False, path_type=Path), help="Keep the demo model and the merge in this folder."
+)
 @click.pass_context
 def demo(ctx: click.Context, keep: Path | None) -> None:
     """Run the seed recipe on a small random Fimbulvetr-shaped model, offline, and check the result."""
@@ -136,18 +152,26 @@ def demo(ctx: click.Context, keep: Path | None) -> None:
         recipe = work / seed_demo.SEED_RECIPE
         recipe.write_text(seed_demo.seed_recipe_text(), encoding="utf-8")
         click.echo(f"built a random 48-layer Mistral-shaped model in {source}", err=True)
-        report = run_merge(recipe, work / "merged", model_paths={seed_demo.SEED_MODEL: source},
-                           options=MergeOptions(overwrite=True, progress=not ctx.obj["quiet"]))
+        report = run_merge(
+            recipe,
+            work / "merged",
+            model_paths={seed_demo.SEED_MODEL: source},
+            options=MergeOptions(overwrite=True, progress=not ctx.obj["quiet"]),
+        )
         check = seed_demo.check_demo_output(source, report.out)
         _echo_summary(report)
-        click.echo(f"check: {check.layers} layers, {check.tensors} tensors: {check.scaled} scaled by the recipe's "
-                   f"1.5-4.0 ramp, {check.copied} copied byte for byte, all equal to an independent computation")
+        click.echo(
+            f"check: {check.layers} layers, {check.tensors} tensors: {check.scaled} scaled by the recipe's "
+            f"1.5-4.0 ramp, {check.copied} copied byte for byte, all equal to an independent computation"
+        )
 
 
 def _echo_summary(report) -> None:
     rate = report.bytes_written / report.elapsed_s / 1e9 if report.elapsed_s else 0.0
-    click.echo(f"wrote {report.out}: {report.tensors} tensors in {len(report.shards)} shard(s), "
-               f"{report.bytes_written / 1e9:.3f} GB in {report.elapsed_s:.2f} s ({rate:.2f} GB/s)")
+    click.echo(
+        f"wrote {report.out}: {report.tensors} tensors in {len(report.shards)} shard(s), "
+        f"{report.bytes_written / 1e9:.3f} GB in {report.elapsed_s:.2f} s ({rate:.2f} GB/s)"
+    )
     click.echo("files: " + ", ".join(report.files))
 
 

@@ -28,10 +28,16 @@ FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 # The names a recipe may give for `dtype` / `out_dtype`, as mergekit 0.1.5 accepts them.
 _RECIPE_NAMES = {
-    "float32": "F32", "fp32": "F32", "float": "F32",
-    "float16": "F16", "fp16": "F16", "half": "F16",
-    "bfloat16": "BF16", "bf16": "BF16",
-    "float64": "F64", "double": "F64",
+    "float32": "F32",
+    "fp32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "fp16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "float64": "F64",
+    "double": "F64",
 }
 
 
@@ -78,7 +84,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor (no copy when it is already contiguous)."""
     import torch
 
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def tensor_from_bytes(data: bytes | bytearray, code: str) -> torch.Tensor:

@@ -40,8 +40,11 @@ class MergeReport:
     files: tuple[str, ...] = field(default_factory=tuple)
 
 
-def run_plan(plan: Plan, checkpoints: Mapping[str, Checkpoint], out: Path, options: MergeOptions = MergeOptions()) -> MergeReport:
+def run_plan(
+    plan: Plan, checkpoints: Mapping[str, Checkpoint], out: Path, options: MergeOptions | None = None
+) -> MergeReport:
     """Execute `plan` into the folder `out`, atomically: complete and valid, or not there at all."""
+    options = options or MergeOptions()
     started = time.perf_counter()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
@@ -74,7 +77,11 @@ def _run_entry(entry: PlanEntry, checkpoints: Mapping[str, Checkpoint], writer: 
             writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)
             return
         for offset in range(0, entry.nbytes, chunk_bytes):
-            writer.write(entry.output, offset, readers[0].read_bytes(entry.sources[0].tensor, offset, min(chunk_bytes, entry.nbytes - offset)))
+            writer.write(
+                entry.output,
+                offset,
+                readers[0].read_bytes(entry.sources[0].tensor, offset, min(chunk_bytes, entry.nbytes - offset)),
+            )
         return
     count = entry.nbytes // element_size(entry.dtype)
     widest = max(element_size(entry.dtype), *(element_size(i.dtype) for i in infos))

@@ -21,7 +21,7 @@ from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.recipe import LoadedRecipe
 from mergesmith.recipe.resolve import Level, resolve_parameter
-from mergesmith.recipe.schema import InputSlice, OutputSlice, Recipe
+from mergesmith.recipe.schema import InputSlice, Recipe
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,10 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
             layer_sources.append(start + offset)
             model = checkpoints[out_slice.sources[0][1].model]
             for rest in model.layout.layer_tensors[start + offset]:
-                inputs = [(src, _layer_name(checkpoints[src.model], src.layer_range[0] + offset, rest)) for _, src in out_slice.sources]
+                inputs = [
+                    (src, _layer_name(checkpoints[src.model], src.layer_range[0] + offset, rest))
+                    for _, src in out_slice.sources
+                ]
                 builder.add(f"{out_prefix}.{out_index}.{rest}", out_slice, inputs, t=t)
     last_model = checkpoints[last.sources[0][1].model]
     for name in last_model.layout.post_layer:
@@ -153,7 +156,9 @@ class _EntryBuilder:
             )
         )
 
-    def _params(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float) -> tuple[tuple[str, Any], ...]:
+    def _params(
+        self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float
+    ) -> tuple[tuple[str, Any], ...]:
         resolved: list[tuple[str, Any]] = []
         for param in self.spec.params:
             if not param.per_input:
@@ -172,8 +177,9 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_S
     if recipe.modules:
         if len(recipe.modules) != 1:
             raise UnsupportedError("modules: more than one module is not supported yet")
-        (name, module), = recipe.modules.items()
-        prefix, module_levels = f"modules.{name}.", (Level(f"modules.{name}.parameters", module.parameters), top)
+        ((name, module),) = recipe.modules.items()
+        prefix = f"modules.{name}."
+        module_levels: tuple[Level, ...] = (Level(f"modules.{name}.parameters", module.parameters), top)
         slices, models = module.slices, module.models
     else:
         prefix, module_levels = "", (top,)
@@ -181,11 +187,19 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_S
     if models:
         # mergekit: a `models:` merge is one slice over every layer, with the base added if unnamed.
         sources = [
-            (f"{prefix}models[{i}]", InputSlice(model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters))
+            (
+                f"{prefix}models[{i}]",
+                InputSlice(model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters),
+            )
             for i, m in enumerate(models)
         ]
         if recipe.base_model and all(m.model != recipe.base_model for m in models):
-            sources.append(("base_model", InputSlice(model=recipe.base_model, layer_range=(0, _layer_count(checkpoints, recipe.base_model)))))
+            sources.append(
+                (
+                    "base_model",
+                    InputSlice(model=recipe.base_model, layer_range=(0, _layer_count(checkpoints, recipe.base_model))),
+                )
+            )
         return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels)]
     return [
         _SliceSpec(
@@ -204,10 +218,16 @@ def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
 def _check_slice(out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint]) -> None:
     count, contract = len(out_slice.sources), spec.inputs
     if count < contract.min_count or (contract.max_count is not None and count > contract.max_count):
-        wanted = f"exactly {contract.max_count}" if contract.max_count == contract.min_count else f"at least {contract.min_count}"
+        wanted = (
+            f"exactly {contract.max_count}"
+            if contract.max_count == contract.min_count
+            else f"at least {contract.min_count}"
+        )
         raise PlanError(
             f"{out_slice.path}: {spec.name} takes {wanted} source(s) per slice, found {count}",
-            hint="passthrough copies one model per slice: give each source its own slice" if spec.name == "passthrough" else None,
+            hint="passthrough copies one model per slice: give each source its own slice"
+            if spec.name == "passthrough"
+            else None,
         )
     lengths = set()
     for path, src in out_slice.sources:
@@ -230,7 +250,8 @@ def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> No
         )
     if end > total:
         raise RecipeError(
-            f"{path}.layer_range: [{start}, {end}] reaches layer {end - 1}, but {src.model} has {total} layers (0-{total - 1})",
+            f"{path}.layer_range: [{start}, {end}] reaches layer {end - 1}, "
+            f"but {src.model} has {total} layers (0-{total - 1})",
             hint=f"layer_range is half-open: [{start}, {total}] already includes layer {total - 1}",
         )
 
@@ -257,12 +278,17 @@ def _check_unsupported(recipe: Recipe) -> None:
     if recipe.tokenizer is not None or recipe.tokenizer_source == "union":
         raise UnsupportedError("tokenizer: merged vocabularies (union, token sources) are not supported yet")
     if recipe.chat_template is not None:
-        raise UnsupportedError("chat_template: choosing a chat template is not supported yet", hint="remove the key; the donor model's template is copied")
+        raise UnsupportedError(
+            "chat_template: choosing a chat template is not supported yet",
+            hint="remove the key; the donor model's template is copied",
+        )
     if recipe.slices and any(s.base_model or s.residual_weight is not None for s in recipe.slices):
         raise UnsupportedError("slices[].base_model / residual_weight are not supported yet")
 
 
-def _output_config(donor: Checkpoint, entries: tuple[PlanEntry, ...], layer_sources: list[int], dtype: str | None) -> dict[str, Any]:
+def _output_config(
+    donor: Checkpoint, entries: tuple[PlanEntry, ...], layer_sources: list[int], dtype: str | None
+) -> dict[str, Any]:
     config = copy.deepcopy(donor.config)
     has_head = any(is_head(e.output) for e in entries)
     for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:

@@ -28,7 +28,9 @@ class SyntheticTensor:
         return tensor_nbytes(self.shape, self.dtype)
 
 
-def mistral_config(*, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int) -> dict[str, Any]:
+def mistral_config(
+    *, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int
+) -> dict[str, Any]:
     """A MistralForCausalLM config (Fimbulvetr-11B-v2 is one: 48 layers, 4096 wide, 32/8 heads)."""
     return {
         "architectures": ["MistralForCausalLM"],
@@ -116,4 +118,3 @@ def random_values(name: str, shape: tuple[int, ...], *, seed: int = 0):
     if len(shape) == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
         values += 1.0
     return values
-

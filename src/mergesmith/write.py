@@ -27,9 +27,14 @@ from mergesmith.plan import Plan
 class TensorSlotSpec(Protocol):
     """What the shard layout needs of a tensor: a PlanEntry, or a synthetic tensor."""
 
-    output: str
-    dtype: str
-    shape: tuple[int, ...]
+    @property
+    def output(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     @property
     def nbytes(self) -> int: ...
@@ -77,7 +82,11 @@ def _header(group: list[TensorSlotSpec]) -> tuple[bytes, list[int]]:
     meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offsets, position = [], 0
     for entry in group:
-        meta[entry.output] = {"dtype": entry.dtype, "shape": list(entry.shape), "data_offsets": [position, position + entry.nbytes]}
+        meta[entry.output] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
+            "data_offsets": [position, position + entry.nbytes],
+        }
         offsets.append(position)
         position += entry.nbytes
     body = json.dumps(meta, separators=(",", ":")).encode()
@@ -117,7 +126,9 @@ class ShardWriter:
             done = 0
             try:
                 while done < nbytes:
-                    copied = os.copy_file_range(src.fileno(), self.fds[slot.shard], nbytes - done, start + done, slot.offset + done)
+                    copied = os.copy_file_range(
+                        src.fileno(), self.fds[slot.shard], nbytes - done, start + done, slot.offset + done
+                    )
                     if copied == 0:
                         raise OSError(f"{source}: file ended early")
                     done += copied
@@ -169,7 +180,9 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder", hint="choose another output path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"{out}: folder exists and is not empty", hint="choose another path, or pass --overwrite to replace it")
+        raise OutputError(
+            f"{out}: folder exists and is not empty", hint="choose another path, or pass --overwrite to replace it"
+        )
     if not out.parent.exists():
         raise OutputError(f"{out.parent}: parent folder does not exist", hint=f"create it first: mkdir -p {out.parent}")
 

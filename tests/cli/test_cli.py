@@ -38,8 +38,14 @@ def test_plan_prints_one_line_per_tensor(capsys, recipe, make_model):
     code, out, err = run_main(capsys, "plan", str(recipe), "--model-path", f"org/m={model}")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 3 + 2 * 9
-    assert "model.layers.1.self_attn.o_proj.weight F32 [32, 32] <- passthrough(scale=2.5) org/m:model.layers.1.self_attn.o_proj.weight" in lines
-    assert "model.layers.0.mlp.up_proj.weight F32 [64, 32] <- passthrough() org/m:model.layers.0.mlp.up_proj.weight" in lines
+    assert (
+        "model.layers.1.self_attn.o_proj.weight F32 [32, 32] <- passthrough(scale=2.5) org/m:model.layers.1.self_attn.o_proj.weight"
+        in lines
+    )
+    assert (
+        "model.layers.0.mlp.up_proj.weight F32 [64, 32] <- passthrough() org/m:model.layers.0.mlp.up_proj.weight"
+        in lines
+    )
 
 
 def test_plan_json(capsys, recipe, make_model):
@@ -62,8 +68,17 @@ def test_plan_json(capsys, recipe, make_model):
 
 def test_merge_with_shard_size_and_json_summary(capsys, recipe, make_model, tmp_path):
     model = make_model(layers=2, vocab=1000)
-    code, out, err = run_main(capsys, "merge", str(recipe), str(tmp_path / "o"), "--model-path", f"org/m={model}",
-                              "--out-shard-size", "0.05M", "--json")
+    code, out, err = run_main(
+        capsys,
+        "merge",
+        str(recipe),
+        str(tmp_path / "o"),
+        "--model-path",
+        f"org/m={model}",
+        "--out-shard-size",
+        "0.05M",
+        "--json",
+    )
     report = json.loads(out)
     assert code == 0 and len(report["shards"]) > 1 and report["tensors"] == 21
     assert "model.safetensors.index.json" in report["files"]

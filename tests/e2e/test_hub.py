@@ -44,7 +44,9 @@ def test_hub_id_from_the_offline_cache_fetches_only_needed_shards(tmp_path, make
     assert unused, "the fixture should put layer 3 in a shard of its own"
     fill_cache(tmp_path / "hub", "org/tiny", model, skip=unused)  # as if never downloaded
 
-    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: org/tiny, layer_range: [0, 3]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r.yaml").write_text(
+        "slices:\n- sources: [{model: org/tiny, layer_range: [0, 3]}]\nmerge_method: passthrough\n"
+    )
     result = run_cli("merge", str(tmp_path / "r.yaml"), str(tmp_path / "out"), cache=tmp_path / "hub")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
@@ -62,12 +64,16 @@ def test_hub_id_from_the_offline_cache_fetches_only_needed_shards(tmp_path, make
 def test_revision_is_honoured(tmp_path, make_model):
     model = make_model("m", layers=2)
     fill_cache(tmp_path / "hub", "org/tiny", model, ref="v1")
-    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: org/tiny@v1, layer_range: [0, 1]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r.yaml").write_text(
+        "slices:\n- sources: [{model: org/tiny@v1, layer_range: [0, 1]}]\nmerge_method: passthrough\n"
+    )
     result = run_cli("plan", str(tmp_path / "r.yaml"), cache=tmp_path / "hub")
     assert result.returncode == 0, result.stderr
     assert "org/tiny@v1:model.layers.0.mlp.up_proj.weight" in result.stdout
 
-    (tmp_path / "r2.yaml").write_text("slices:\n- sources: [{model: org/tiny@v2, layer_range: [0, 1]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r2.yaml").write_text(
+        "slices:\n- sources: [{model: org/tiny@v2, layer_range: [0, 1]}]\nmerge_method: passthrough\n"
+    )
     result = run_cli("plan", str(tmp_path / "r2.yaml"), cache=tmp_path / "hub")
     assert result.returncode == 1
     assert "error: model 'org/tiny@v2': not in the local hub cache, and the hub cannot be reached" in result.stderr

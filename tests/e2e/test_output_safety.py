@@ -32,7 +32,10 @@ def test_existing_output_is_refused_and_untouched(tmp_path, make_model, recipe):
     (out / "mine.txt").write_text("precious")
     with pytest.raises(OutputError) as err:
         merge(recipe, out, model_paths={"m": make_model(layers=2)})
-    assert str(err.value) == f"{out}: folder exists and is not empty\n  hint: choose another path, or pass --overwrite to replace it"
+    assert (
+        str(err.value)
+        == f"{out}: folder exists and is not empty\n  hint: choose another path, or pass --overwrite to replace it"
+    )
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "precious"
 
 

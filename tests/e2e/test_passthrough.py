@@ -39,8 +39,14 @@ def run(tmp_path: Path, recipe: str, models: dict[str, Path], **options) -> Path
 )
 def test_scale_is_applied_in_the_load_dtype_then_cast(tmp_path, make_model, dtype, out_dtype, compute, written):
     src = make_model("m", layers=2)
-    recipe = "slices: [{sources: [{model: m, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 1.1}]}}]}]\n"
-    recipe += "merge_method: passthrough\n" + (f"dtype: {dtype}\n" if dtype else "") + (f"out_dtype: {out_dtype}\n" if out_dtype else "")
+    recipe = (
+        "slices: [{sources: [{model: m, layer_range: [0, 2], parameters: {scale: [{filter: o_proj, value: 1.1}]}}]}]\n"
+    )
+    recipe += (
+        "merge_method: passthrough\n"
+        + (f"dtype: {dtype}\n" if dtype else "")
+        + (f"out_dtype: {out_dtype}\n" if out_dtype else "")
+    )
     out, inp = tensors(run(tmp_path, recipe, {"m": src})), tensors(src)
     scaled, plain = "model.layers.1.self_attn.o_proj.weight", "model.layers.1.self_attn.q_proj.weight"
     assert torch.equal(out[scaled], (inp[scaled].to(compute) * 1.1).to(written))
@@ -130,6 +136,17 @@ def test_config_edits_layer_count_dtype_and_per_layer_lists(tmp_path, make_model
     assert out_config.get("dtype", out_config.get("torch_dtype")) == "float32"
 
 
+def test_nested_text_config_layer_count(tmp_path, make_model):
+    src = make_model("m", layers=4)
+    config = json.loads((src / "config.json").read_text())
+    config["text_config"] = {"num_hidden_layers": 4, "layer_types": ["a", "b", "c", "d"]}
+    (src / "config.json").write_text(json.dumps(config))
+    recipe = "slices:\n- sources: [{model: m, layer_range: [2, 4]}]\n- sources: [{model: m, layer_range: [0, 1]}]\nmerge_method: passthrough\n"
+    out_config = json.loads((run(tmp_path, recipe, {"m": src}) / "config.json").read_text())
+    assert out_config["num_hidden_layers"] == 3
+    assert out_config["text_config"] == {"num_hidden_layers": 3, "layer_types": ["c", "d", "a"]}
+
+
 def test_bin_and_sharded_inputs(tmp_path, make_model):
     binary = make_model("bin", layers=2, fmt="bin")
     sharded = make_model("sharded", layers=2, max_shard_bytes=5_000, seed=3)
@@ -149,7 +166,9 @@ def test_model_card_and_saved_recipe(tmp_path, make_model):
     )
     out_dir = run(tmp_path, recipe, {"org/hub-model": hub_named})
     card = (out_dir / "README.md").read_text()
-    assert card.startswith("---\nbase_model:\n- org/hub-model\nlibrary_name: transformers\ntags:\n- merge\n- mergesmith\n---\n")
+    assert card.startswith(
+        "---\nbase_model:\n- org/hub-model\nlibrary_name: transformers\ntags:\n- merge\n- mergesmith\n---\n"
+    )
     for heading in ("## Merge Details", "### Merge Method", "### Models Merged", "### Configuration"):
         assert heading in card
     assert "using the passthrough merge method" in card
@@ -172,7 +191,9 @@ def test_donor_files_are_copied_from_the_first_model(tmp_path, make_model):
 def test_plan_reads_headers_only(tmp_path, make_model):
     src = make_model("m", layers=4, vocab=8192)  # about 2.6 MB of weights
     weights = (src / "model.safetensors").stat().st_size
-    (tmp_path / "recipe.yaml").write_text("slices:\n- sources: [{model: m, layer_range: [0, 4], parameters: {scale: 2.0}}]\nmerge_method: passthrough\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "slices:\n- sources: [{model: m, layer_range: [0, 4], parameters: {scale: 2.0}}]\nmerge_method: passthrough\n"
+    )
     before = _bytes_read()
     result = plan(tmp_path / "recipe.yaml", model_paths={"m": src})
     assert _bytes_read() - before < weights / 20

@@ -10,7 +10,6 @@ TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
 from factory import build_model  # noqa: E402
-
 from mergesmith.demo import SEED_MODEL, build_demo_model  # noqa: E402
 
 CASES = ("seed_passthrough", "parameters_mixed", "tied_embeddings")

@@ -41,3 +41,16 @@ def test_output_equals_mergekit(case: str, inputs: dict[str, Path], tmp_path: Pa
     config = json.loads((out / "config.json").read_text())
     for key, value in expected["config"].items():
         assert config[key] == value, key
+
+
+def test_seed_output_loads_in_transformers_and_runs(inputs: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    merge(HERE / "seed_passthrough" / "recipe.yaml", out, model_paths=inputs)
+    model, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_hidden_layers == 47 and len(model.model.layers) == 47
+    logits = model(torch.arange(16).unsqueeze(0)).logits
+    assert logits.shape == (1, 16, 1024) and torch.isfinite(logits).all()

@@ -13,7 +13,11 @@ from mergesmith.write import ShardWriter, layout_shards
 def test_shards_fill_in_order_up_to_the_limit():
     tensors = [SyntheticTensor(f"t{i}", (10,), "F32") for i in range(5)]  # 40 bytes each
     layout = layout_shards(tensors, max_shard_bytes=100)
-    assert layout.filenames == ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
+    assert layout.filenames == (
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+    )
     assert [layout.slots[f"t{i}"].shard for i in range(5)] == [0, 0, 1, 1, 2]
 
 

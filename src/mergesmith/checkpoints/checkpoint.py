@@ -133,9 +133,6 @@ class Checkpoint:
         }
 
 
-def open_checkpoints(
-    references: list[str], model_paths: Mapping[str, Path] | None = None
-) -> dict[str, Checkpoint]:
+def open_checkpoints(references: list[str], model_paths: Mapping[str, Path] | None = None) -> dict[str, Checkpoint]:
     """Open each referenced model once: reference text -> Checkpoint."""
     return {text: Checkpoint(resolve_reference(text, model_paths)) for text in references}
-

@@ -16,6 +16,7 @@ def fetch_metadata(ref: ModelReference) -> Path:
     """Download (or find in the cache) config, index, tokenizer and generation files; return the folder."""
     from huggingface_hub import snapshot_download
 
+    assert ref.repo_id is not None  # only hub references reach here
     try:
         return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=METADATA_PATTERNS))
     except Exception as err:  # huggingface_hub raises many types; all mean "cannot get this model"
@@ -27,6 +28,7 @@ def fetch_file(ref: ModelReference, filename: str) -> Path | None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    assert ref.repo_id is not None  # only hub references reach here
     try:
         return Path(hf_hub_download(ref.repo_id, filename, revision=ref.revision))
     except EntryNotFoundError:

@@ -71,7 +71,9 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
     if dtype not in SAFETENSORS_DTYPES:
         raise CheckpointError(
             f"{where}: unsupported dtype {dtype!r}",
-            hint="mergesmith reads " + ", ".join(SAFETENSORS_DTYPES) + "; quantized checkpoints must be dequantized first",
+            hint="mergesmith reads "
+            + ", ".join(SAFETENSORS_DTYPES)
+            + "; quantized checkpoints must be dequantized first",
         )
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise CheckpointError(f"{where}: corrupt shape {shape!r}")

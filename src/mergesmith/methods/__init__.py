@@ -20,9 +20,25 @@ METHODS: dict[str, tuple[MethodSpec, Callable[..., Any]]] = {
 # mergekit 0.1.5's other method names: recognised, so that a recipe using them gets "not yet"
 # rather than "unknown".
 PLANNED = (
-    "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_ties",
-    "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "ram",
-    "ramplus_tl", "model_stock", "arcee_fusion", "nearswap",
+    "linear",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "ram",
+    "ramplus_tl",
+    "model_stock",
+    "arcee_fusion",
+    "nearswap",
 )
 
 

@@ -137,13 +137,12 @@ class Recipe(_Strict):
         if len(given) != 1:
             found = ", ".join(given) if given else "none of them"
             raise PydanticCustomError(
-                "outputs", "a recipe needs exactly one of 'models', 'slices' or 'modules' (found: {found})",
+                "outputs",
+                "a recipe needs exactly one of 'models', 'slices' or 'modules' (found: {found})",
                 {"found": found},
             )
         if self.tokenizer_source is not None and self.tokenizer is not None:
-            raise PydanticCustomError(
-                "tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both"
-            )
+            raise PydanticCustomError("tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both")
         return self
 
     def referenced_models(self) -> list[str]:

@@ -103,9 +103,7 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def evaluate_setting(
-    setting: Setting, tensor_name: str, t: float, *, validate: Callable[[Any], Any]
-) -> Any:
+def evaluate_setting(setting: Setting, tensor_name: str, t: float, *, validate: Callable[[Any], Any]) -> Any:
     """The value of `setting` for one tensor at position t in [0, 1] of its slice, or None.
 
     None means "no value here": an empty list, or a conditional list in which no filter matches.

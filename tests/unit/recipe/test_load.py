@@ -23,7 +23,9 @@ def test_seed_recipe_loads_as_written():
     recipe = load_recipe(EXAMPLES / "fimbulvetr-11b-v2-47-layers.yaml").recipe
     assert recipe.merge_method == "passthrough" and recipe.dtype == "bfloat16"
     assert [s.sources[0].layer_range for s in recipe.slices] == [(i, i + 4) for i in range(0, 44, 4)] + [(44, 47)]
-    assert recipe.slices[11].sources[0].parameters["scale"] == Conditional((("o_proj", Scalar(4.0)), ("down_proj", Scalar(4.0))))
+    assert recipe.slices[11].sources[0].parameters["scale"] == Conditional(
+        (("o_proj", Scalar(4.0)), ("down_proj", Scalar(4.0)))
+    )
 
 
 def test_every_mergekit_key_is_accepted():

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mergesmith.recipe.settings import Conditional, Scalar, ScalarList, SettingError, as_float, evaluate_setting, parse_setting
+from mergesmith.recipe.settings import (
+    Conditional,
+    Scalar,
+    ScalarList,
+    SettingError,
+    as_float,
+    evaluate_setting,
+    parse_setting,
+)
 
 
 def value(raw, t=0.0, name="model.layers.0.self_attn.o_proj.weight"):
