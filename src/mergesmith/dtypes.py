@@ -41,6 +41,22 @@ _RECIPE_NAMES = {
 }
 
 
+# Floating codes from narrowest to widest, for promotion (bf16 and f16 promote to f32, as torch does).
+_FLOAT_RANK = {"F8_E4M3": 0, "F8_E5M2": 0, "BF16": 1, "F16": 1, "F32": 2, "F64": 3}
+
+
+def promote(codes: list[str]) -> str:
+    """torch.promote_types over floating safetensors codes: ['BF16', 'F32'] -> 'F32', ['BF16', 'F16'] -> 'F32'."""
+    result = codes[0]
+    for code in codes[1:]:
+        if code != result:
+            if _FLOAT_RANK[code] == _FLOAT_RANK[result]:
+                result = "F32"  # two different types of one width meet in float32
+            elif _FLOAT_RANK[code] > _FLOAT_RANK[result]:
+                result = code
+    return result
+
+
 def dtype_code_from_recipe(name: str, *, key: str) -> str:
     """'bfloat16' -> 'BF16'. `key` is the recipe key path, for the error message."""
     code = _RECIPE_NAMES.get(name.removeprefix("torch.").lower())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Mapping
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from mergesmith.card import model_card
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.dtypes import FLOATING, element_size, tensor_bytes, tensor_from_bytes, torch_dtype
+from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
+from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
 from mergesmith.plan import Plan, PlanEntry
 from mergesmith.write import ShardWriter, layout_shards, staging_folder, write_metadata
@@ -28,6 +30,7 @@ class MergeOptions:
     progress: bool = False  # a byte progress bar on stderr (only shown on a terminal)
     chunk_bytes: int = 64 * 2**20  # large tensors stream through in pieces of this size
     sync: bool = True  # fsync shards before the folder is renamed into place
+    random_seed: int | None = None  # for DARE, DELLA, arcee_fusion; chosen and reported when None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class MergeReport:
     bytes_written: int
     elapsed_s: float
     files: tuple[str, ...] = field(default_factory=tuple)
+    random_seed: int | None = None  # the seed random methods drew from
 
 
 def run_plan(
@@ -45,6 +49,10 @@ def run_plan(
 ) -> MergeReport:
     """Execute `plan` into the folder `out`, atomically: complete and valid, or not there at all."""
     options = options or MergeOptions()
+    seed = options.random_seed if options.random_seed is not None else secrets.randbits(32)
+    is_random = get_method(plan.method)[0].is_random
+    if is_random and options.random_seed is None:
+        log.warning("%s draws random numbers; no --random-seed given, so using %d (saved in the card)", plan.method, seed)
     started = time.perf_counter()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
@@ -55,54 +63,78 @@ def run_plan(
         try:
             with _progress(total, options.progress) as bar:
                 for entry in plan.entries:
-                    _run_entry(entry, checkpoints, writer, options.chunk_bytes)
+                    _run_entry(entry, checkpoints, writer, options, seed)
                     bar.update(entry.nbytes)
             ok = True
         finally:
             writer.close(sync=ok and options.sync)
-        write_metadata(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, model_card(plan))
+        card = model_card(plan, random_seed=seed if is_random else None)
+        write_metadata(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
         files = tuple(sorted(p.name for p in folder.iterdir()))
     elapsed = time.perf_counter() - started
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
-    return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files)
+    return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
 
 
-def _run_entry(entry: PlanEntry, checkpoints: Mapping[str, Checkpoint], writer: ShardWriter, chunk_bytes: int) -> None:
+def _run_entry(
+    entry: PlanEntry, checkpoints: Mapping[str, Checkpoint], writer: ShardWriter, options: MergeOptions, seed: int
+) -> None:
     spec, function = get_method(entry.method)
     params = dict(entry.params)
     readers = [checkpoints[s.model] for s in entry.sources]
     infos = [c.tensor_info(s.tensor) for c, s in zip(readers, entry.sources)]
-    if _is_plain_copy(entry, params, infos[0].dtype):
-        if infos[0].start >= 0:  # safetensors: the bytes move file to file
-            writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)
-            return
-        for offset in range(0, entry.nbytes, chunk_bytes):
-            writer.write(
-                entry.output,
-                offset,
-                readers[0].read_bytes(entry.sources[0].tensor, offset, min(chunk_bytes, entry.nbytes - offset)),
-            )
+    if entry.compute_dtype is None:
+        _copy_buffer(entry, readers, writer)
         return
+    if _is_plain_copy(entry, params, infos[0].dtype) and infos[0].start >= 0:
+        writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
+        return
+    if spec.is_random:
+        params["generator"] = tensor_generator(seed, entry.output)
     count = entry.nbytes // element_size(entry.dtype)
     widest = max(element_size(entry.dtype), *(element_size(i.dtype) for i in infos))
-    step = max(1, chunk_bytes // widest) if spec.elementwise else max(count, 1)
+    step = max(1, options.chunk_bytes // widest) if spec.elementwise else max(count, 1)
+    compute = torch_dtype(entry.compute_dtype)
     for first in range(0, count, step):
         n = min(step, count - first)
-        tensors = [_read_elements(c, s.tensor, i.dtype, first, n) for c, s, i in zip(readers, entry.sources, infos)]
+        tensors = [_read_elements(c, s.tensor, i.dtype, first, n).to(compute) for c, s, i in zip(readers, entry.sources, infos)]
         if not spec.elementwise:
             tensors = [t.reshape(entry.shape) for t in tensors]
-        if entry.load_dtype:
-            tensors = [t.to(torch_dtype(entry.load_dtype)) for t in tensors]
-        result = function(tensors, **params).to(torch_dtype(entry.dtype))
-        writer.write(entry.output, first * element_size(entry.dtype), tensor_bytes(result))
+        if entry.has_base:
+            result = function(tensors[0], tensors[1:], **params)
+        elif spec.inputs.uses_base:
+            result = function(None, tensors, **params)
+        else:
+            result = function(tensors, **params)
+        writer.write(entry.output, first * element_size(entry.dtype), tensor_bytes(result.to(torch_dtype(entry.dtype))))
+
+
+def _copy_buffer(entry: PlanEntry, readers: list[Checkpoint], writer: ShardWriter) -> None:
+    """Integer buffers (position ids, ...) are copied; every input must hold the same values."""
+    first = readers[0].read_bytes(entry.sources[0].tensor)
+    for reader, source in zip(readers[1:], entry.sources[1:]):
+        if reader.read_bytes(source.tensor) != first:
+            raise MergesmithError(
+                f"{entry.output}: integer tensor differs between {entry.sources[0].model} and {source.model}",
+                hint="non-floating tensors cannot be merged; the models must agree on them",
+            )
+    writer.write(entry.output, 0, first)
+
+
+def tensor_generator(seed: int, name: str):
+    """A generator seeded by the merge's seed and the tensor's name: the same bytes whatever the
+    order in which tensors are computed, or the number of workers."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def _is_plain_copy(entry: PlanEntry, params: dict, stored_dtype: str) -> bool:
-    # Move raw bytes, never decoding them: passthrough without scale into the same dtype, and
-    # integer buffers (position ids), which no method changes (mergekit would cast them to floats).
-    if entry.dtype != stored_dtype:
-        return False
-    return stored_dtype not in FLOATING or (entry.method == "passthrough" and params["scale"] == (None,))
+    # Passthrough without scale into the same dtype: move raw bytes, never decode them.
+    return entry.method == "passthrough" and params["scale"] == (None,) and entry.dtype == stored_dtype
 
 
 def _read_elements(checkpoint: Checkpoint, name: str, dtype: str, first: int, count: int):

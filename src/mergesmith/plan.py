@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergesmith.checkpoints import Checkpoint
+from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.names import DONOR_FILES, LAYER_COUNT_KEYS, NESTED_CONFIG_KEYS, PER_LAYER_KEYS, is_head
-from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, tensor_nbytes
+from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
@@ -34,11 +35,12 @@ class Source:
 class PlanEntry:
     output: str  # tensor name in the merged model
     method: str  # registry key
-    sources: tuple[Source, ...]
-    params: tuple[tuple[str, Any], ...]  # resolved; a per-input parameter holds one value per source
+    sources: tuple[Source, ...]  # the base first when the method uses one (see has_base)
+    has_base: bool
+    params: tuple[tuple[str, Any], ...]  # resolved; per-model ones hold a tuple aligned with their inputs
     shape: tuple[int, ...]
     dtype: str  # written dtype, safetensors code ("BF16")
-    load_dtype: str | None  # inputs are cast to this before the method (recipe `dtype`)
+    compute_dtype: str | None  # inputs are cast to this before the method; None: not floating
 
     @property
     def nbytes(self) -> int:
@@ -53,6 +55,7 @@ class Plan:
     models: tuple[str, ...]  # every model reference, donor first when it is the base
     hub_ids: tuple[str, ...]  # those of `models` that are hub ids (named in the card's front matter)
     donor: str  # config, generation settings and chat template come from here
+    base_model: str | None
     copied_files: tuple[tuple[str, str], ...]  # (model reference, file name) copied into the output
     recipe_text: str
 
@@ -64,6 +67,7 @@ class _SliceSpec:
     path: str  # "slices[3]"
     sources: tuple[tuple[str, InputSlice], ...]  # (key path, source)
     levels: tuple[Level, ...]  # slice, module and top-level parameters, highest first
+    base: str | None  # the slice's base_model, else the recipe's
 
 
 def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> Plan:
@@ -113,6 +117,7 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
         models=models,
         hub_ids=tuple(m for m in models if checkpoints[m].ref.is_hub_id),
         donor=donor,
+        base_model=recipe.base_model,
         copied_files=_copied_files(recipe, donor, checkpoints),
         recipe_text=loaded.text,
     )
@@ -126,38 +131,45 @@ class _EntryBuilder:
     def __init__(self, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], load: str | None, out: str | None):
         self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
         self.entries: list[PlanEntry] = []
-        self.seen: set[str] = set()
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
-        infos = []
-        for src, name in inputs:
-            checkpoint = self.checkpoints[src.model]
-            if name not in checkpoint.weight_map:
-                raise PlanError(
-                    f"{out_slice.path}: model {src.model!r} has no tensor {name!r}, which {output} needs",
-                    hint="all models of a slice must share an architecture",
-                )
-            infos.append(checkpoint.tensor_info(name))
+        has_base = self.spec.inputs.uses_base and any(src.model == out_slice.base for src, _ in inputs)
+        if has_base:  # the base goes first; the others keep the recipe's order
+            inputs = sorted(inputs, key=lambda item: item[0].model != out_slice.base)
+        infos = [self._info(out_slice, output, src.model, name) for src, name in inputs]
         shapes = {info.shape for info in infos}
         if len(shapes) > 1:
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
-        stored = infos[0].dtype
-        is_float = stored in FLOATING
+        stored = [info.dtype for info in infos]
+        compute = None
+        if all(code in FLOATING for code in stored):
+            compute = promote([self.load or code for code in stored])
+        elif len(set(stored)) > 1:
+            raise PlanError(f"{out_slice.path}: tensor {output} is stored as {', '.join(stored)} across models")
+        written = stored[0] if compute is None else self.out or self._result_dtype(compute)
+        params = self._params(output, out_slice, inputs, t, has_base)
+        if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
+            raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")
         self.entries.append(
-            PlanEntry(
-                output=output,
-                method=self.spec.name,
-                sources=tuple(Source(src.model, name) for src, name in inputs),
-                params=self._params(output, out_slice, inputs, t),
-                shape=infos[0].shape,
-                dtype=(self.out or self.load or stored) if is_float else stored,
-                load_dtype=self.load if is_float else None,
-            )
+            PlanEntry(output, self.spec.name, tuple(Source(src.model, name) for src, name in inputs), has_base,
+                      params, infos[0].shape, written, compute)
         )
 
+    def _info(self, out_slice: _SliceSpec, output: str, model: str, name: str) -> TensorInfo:
+        checkpoint = self.checkpoints[model]
+        if name not in checkpoint.weight_map:
+            raise PlanError(
+                f"{out_slice.path}: model {model!r} has no tensor {name!r}, which {output} needs",
+                hint="all models of a slice must share an architecture",
+            )
+        return checkpoint.tensor_info(name)
+
+    def _result_dtype(self, compute: str) -> str:
+        return promote([compute, "F32"]) if self.spec.result_dtype == "at_least_float32" else compute
+
     def _params(
-        self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float
+        self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float, has_base: bool
     ) -> tuple[tuple[str, Any], ...]:
         resolved: list[tuple[str, Any]] = []
         for param in self.spec.params:
@@ -165,7 +177,9 @@ class _EntryBuilder:
                 resolved.append((param.name, resolve_parameter(param, out_slice.levels, tensor_name=output, t=t)))
                 continue
             values = []
-            for src, name in inputs:
+            for index, (src, name) in enumerate(inputs):
+                if param.scope == "non_base" and has_base and index == 0:
+                    continue
                 own = [Level(path, s.parameters, True) for path, s in out_slice.sources if s.model == src.model]
                 values.append(resolve_parameter(param, [*own, *out_slice.levels], tensor_name=name, t=t))
             resolved.append((param.name, tuple(values)))
@@ -200,12 +214,13 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_S
                     InputSlice(model=recipe.base_model, layer_range=(0, _layer_count(checkpoints, recipe.base_model))),
                 )
             )
-        return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels)]
+        return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels, recipe.base_model)]
     return [
         _SliceSpec(
             f"{prefix}slices[{i}]",
             tuple((f"{prefix}slices[{i}].sources[{j}]", src) for j, src in enumerate(s.sources)),
             (Level(f"{prefix}slices[{i}].parameters", s.parameters), *module_levels),
+            s.base_model or recipe.base_model,
         )
         for i, s in enumerate(slices or ())
     ]
@@ -216,19 +231,7 @@ def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
 
 
 def _check_slice(out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint]) -> None:
-    count, contract = len(out_slice.sources), spec.inputs
-    if count < contract.min_count or (contract.max_count is not None and count > contract.max_count):
-        wanted = (
-            f"exactly {contract.max_count}"
-            if contract.max_count == contract.min_count
-            else f"at least {contract.min_count}"
-        )
-        raise PlanError(
-            f"{out_slice.path}: {spec.name} takes {wanted} source(s) per slice, found {count}",
-            hint="passthrough copies one model per slice: give each source its own slice"
-            if spec.name == "passthrough"
-            else None,
-        )
+    _check_contract(out_slice, spec)
     lengths = set()
     for path, src in out_slice.sources:
         _check_layer_range(path, src, checkpoints[src.model])
@@ -238,6 +241,38 @@ def _check_slice(out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[s
     if len(lengths) > 1:
         found = ", ".join(f"{list(src.layer_range)}" for _, src in out_slice.sources)
         raise RecipeError(f"{out_slice.path}: every source of a slice needs the same number of layers (found {found})")
+
+
+def _check_contract(out_slice: _SliceSpec, spec: MethodSpec) -> None:
+    contract, name, where = spec.inputs, spec.name, out_slice.path
+    models = [src.model for _, src in out_slice.sources]
+    if len(set(models)) < len(models):
+        twice = next(m for m in models if models.count(m) > 1)
+        raise PlanError(f"{where}: model {twice!r} is named twice", hint="each model may be an input of a slice once")
+    has_base = contract.uses_base and out_slice.base in models
+    if contract.base == "required" and out_slice.base is None:
+        raise PlanError(f"{where}: {name} needs a base model", hint="set base_model: at the top of the recipe")
+    if contract.uses_base and out_slice.base is not None and not has_base:
+        raise PlanError(
+            f"{where}: the base model {out_slice.base!r} is not among this slice's sources ({', '.join(models)})",
+            hint="add it as a source, or use a `models:` recipe, which adds the base by itself",
+        )
+    if contract.base == "forbidden" and out_slice.base in models:
+        raise PlanError(f"{where}: {name} takes no base model, but {out_slice.base!r} is one of the inputs")
+    non_base = len(models) - int(has_base)
+    for what, count, low, high in (
+        ("model", len(models), contract.min_count, contract.max_count),
+        ("model besides the base", non_base, contract.min_non_base, contract.max_non_base),
+    ):
+        if (low is not None and count < low) or (high is not None and count > high):
+            wanted = f"exactly {low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
+            noun = what if high == 1 else what.replace("model", "models", 1)
+            raise PlanError(
+                f"{where}: {name} takes {wanted} {noun} per slice, found {count} ({', '.join(models)})",
+                hint="passthrough copies one model per slice: give each source its own slice"
+                if name == "passthrough"
+                else None,
+            )
 
 
 def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> None:
@@ -282,8 +317,12 @@ def _check_unsupported(recipe: Recipe) -> None:
             "chat_template: choosing a chat template is not supported yet",
             hint="remove the key; the donor model's template is copied",
         )
-    if recipe.slices and any(s.base_model or s.residual_weight is not None for s in recipe.slices):
-        raise UnsupportedError("slices[].base_model / residual_weight are not supported yet")
+    for i, out_slice in enumerate(recipe.slices or ()):
+        if out_slice.residual_weight is not None:
+            raise UnsupportedError(
+                f"slices[{i}].residual_weight: not supported (mergekit 0.1.5 accepts it and ignores it)",
+                hint="remove the key",
+            )
 
 
 def _output_config(

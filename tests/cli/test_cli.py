@@ -58,10 +58,11 @@ def test_plan_json(capsys, recipe, make_model):
         "output": "model.layers.0.self_attn.o_proj.weight",
         "method": "passthrough",
         "sources": [{"model": "org/m", "tensor": "model.layers.0.self_attn.o_proj.weight"}],
+        "has_base": False,
         "params": [["scale", [1.5]]],
         "shape": [32, 32],
         "dtype": "F32",
-        "load_dtype": "F32",
+        "compute_dtype": "F32",
     }
     assert plan["config"]["num_hidden_layers"] == 2
 
@@ -103,7 +104,7 @@ def test_exit_codes_and_messages(capsys, args, code, message):
     "method, message",
     [
         ("passthru", "error: merge_method: unknown method 'passthru'\n  hint: did you mean 'passthrough'?"),
-        ("ties", "error: merge_method: 'ties' is not supported yet (supported now: passthrough)"),
+        ("tie", "error: merge_method: unknown method 'tie'\n  hint: did you mean 'ties'?"),
     ],
 )
 def test_method_errors(capsys, tmp_path, make_model, method, message):

@@ -171,7 +171,7 @@ def test_model_card_and_saved_recipe(tmp_path, make_model):
     )
     for heading in ("## Merge Details", "### Merge Method", "### Models Merged", "### Configuration"):
         assert heading in card
-    assert "using the passthrough merge method" in card
+    assert "using the Passthrough merge method" in card
     assert "* [org/hub-model](https://huggingface.co/org/hub-model)" in card and f"* {local}\n" in card
     assert f"```yaml\n{recipe.rstrip()}\n```" in card
     assert (out_dir / "mergesmith_config.yml").read_text() == recipe
@@ -228,9 +228,9 @@ def _bytes_read() -> int:
             "slices[0].sources[0].parameters.scael: passthrough has no parameter 'scael'\n  hint: did you mean 'scale'?",
         ),
         (
-            "slices:\n- sources: [{model: m, layer_range: [0, 1]}, {model: m, layer_range: [1, 2]}]\nmerge_method: passthrough\n",
+            "slices:\n- sources: [{model: m, layer_range: [0, 1]}, {model: m2, layer_range: [1, 2]}]\nmerge_method: passthrough\n",
             PlanError,
-            "slices[0]: passthrough takes exactly 1 source(s) per slice, found 2\n"
+            "slices[0]: passthrough takes exactly 1 model per slice, found 2 (m, m2)\n"
             "  hint: passthrough copies one model per slice: give each source its own slice",
         ),
     ],
@@ -239,5 +239,5 @@ def test_bad_recipes_fail_at_plan_time_naming_the_key(tmp_path, make_model, reci
     src = make_model("m", layers=4)
     (tmp_path / "recipe.yaml").write_text(recipe)
     with pytest.raises(error) as err:
-        plan(tmp_path / "recipe.yaml", model_paths={"m": src})
+        plan(tmp_path / "recipe.yaml", model_paths={"m": src, "m2": src})
     assert str(err.value) == message

@@ -1,6 +1,9 @@
 """The merge methods: an explicit registry of specs and their pure tensor functions.
 
-Importing this package does not import torch: `mergesmith plan` validates recipes without it.
+A function's signature follows its spec's base policy: methods that ignore the base take
+`(tensors, **params)`; methods that use one take `(base, tensors, **params)` with the base apart
+(None when optional and absent). Per-model parameters arrive as lists aligned with `tensors`.
+Random methods also receive `generator=`. Importing this package does not import torch.
 """
 
 from __future__ import annotations
@@ -9,51 +12,28 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
-from mergesmith.errors import RecipeError, UnsupportedError
-from mergesmith.methods import passthrough
+from mergesmith.errors import RecipeError
+from mergesmith.methods import fusion, linear, model_stock, passthrough, ram, sce, slerp, task_arithmetic
 from mergesmith.methods.spec import Inputs, MethodSpec, Param
 
 METHODS: dict[str, tuple[MethodSpec, Callable[..., Any]]] = {
     passthrough.SPEC.name: (passthrough.SPEC, passthrough.passthrough),
+    linear.SPEC.name: (linear.SPEC, linear.linear),
+    **slerp.METHODS,
+    **task_arithmetic.METHODS,
+    **model_stock.METHODS,
+    **sce.METHODS,
+    **ram.METHODS,
+    **fusion.METHODS,
 }
-
-# mergekit 0.1.5's other method names: recognised, so that a recipe using them gets "not yet"
-# rather than "unknown".
-PLANNED = (
-    "linear",
-    "slerp",
-    "nuslerp",
-    "multislerp",
-    "karcher",
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-    "sce",
-    "ram",
-    "ramplus_tl",
-    "model_stock",
-    "arcee_fusion",
-    "nearswap",
-)
 
 
 def get_method(name: str) -> tuple[MethodSpec, Callable[..., Any]]:
     """The spec and tensor function of `merge_method: name`, or a RecipeError naming the choices."""
     if name in METHODS:
         return METHODS[name]
-    supported = ", ".join(METHODS)
-    if name in PLANNED:
-        raise UnsupportedError(
-            f"merge_method: {name!r} is not supported yet (supported now: {supported})",
-            hint="use mergekit for this recipe for now",
-        )
-    close = difflib.get_close_matches(name, [*METHODS, *PLANNED], n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"supported methods: {supported}"
+    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "`mergesmith methods` lists them all"
     raise RecipeError(f"merge_method: unknown method {name!r}", hint=hint)
 
 

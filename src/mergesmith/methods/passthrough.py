@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 SPEC = MethodSpec(
     name="passthrough",
-    params=(Param("scale", float, per_input=True, doc="multiply the tensor by this factor"),),
+    pretty_name="Passthrough",
+    params=(Param("scale", float, scope="input", doc="multiply the tensor by this factor"),),
     inputs=Inputs(base="ignored", min_count=1, max_count=1),
     summary="copy tensors from one model per slice, optionally scaled",
     elementwise=True,

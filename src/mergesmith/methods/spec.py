@@ -1,4 +1,8 @@
-"""A merge method is declared data (MethodSpec) plus one pure tensor function."""
+"""A merge method is declared data (MethodSpec) plus one pure tensor function.
+
+The plan reads the spec to check a recipe before any tensor is read: parameter names, where each
+may be set, types, defaults, and the input contract. The function then receives plain values.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any, Literal
 
 from mergesmith.recipe.settings import as_float
 
+Scope = Literal["shared", "input", "non_base"]
+
 
 def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
@@ -15,19 +21,34 @@ def as_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, found {value!r}")
 
 
-VALIDATORS: dict[type, Callable[[Any], Any]] = {float: as_float, bool: as_bool}
+def as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"expected a whole number, found {value!r}")
+    return int(value)
+
+
+VALIDATORS: dict[type, Callable[[Any], Any]] = {float: as_float, bool: as_bool, int: as_int}
 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter. `per_input` ones are set per model; the others are method-wide."""
+    """One parameter.
+
+    scope: "shared" parameters are method-wide (set at slice or top level, matched against the
+    output tensor name); "input" ones are set per model, base included; "non_base" ones per model
+    other than the base. Per-model parameters match filters against the source tensor name.
+    """
 
     name: str
     type: type
     default: Any = None
     required: bool = False
-    per_input: bool = False
+    scope: Scope = "shared"
     doc: str = ""
+
+    @property
+    def per_input(self) -> bool:
+        return self.scope != "shared"
 
     def validate(self, value: Any) -> Any:
         return VALIDATORS[self.type](value)
@@ -40,6 +61,12 @@ class Inputs:
     base: Literal["required", "optional", "ignored", "forbidden"] = "ignored"
     min_count: int = 1
     max_count: int | None = None
+    min_non_base: int | None = None
+    max_non_base: int | None = None
+
+    @property
+    def uses_base(self) -> bool:
+        return self.base in ("required", "optional")
 
 
 @dataclass(frozen=True)
@@ -48,10 +75,17 @@ class MethodSpec:
     params: tuple[Param, ...]
     inputs: Inputs
     reference: str | None = None  # paper or documentation
+    pretty_name: str = ""
     summary: str = ""
     # True when the function may run on any matching slice of its flattened inputs, so the
     # executor can stream a large tensor through it in chunks.
     elementwise: bool = False
+    # True when the function draws random numbers (it then receives `generator=`).
+    is_random: bool = False
+    # "input": the result has the inputs' dtype; "at_least_float32": float32 unless wider.
+    result_dtype: Literal["input", "at_least_float32"] = "input"
+    # Checks the resolved parameters of one tensor; returns a problem, or None.
+    check: Callable[[dict[str, Any]], str | None] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

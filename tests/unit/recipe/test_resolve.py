@@ -9,8 +9,8 @@ from mergesmith.methods.spec import Param
 from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.settings import parse_setting
 
-SCALE = Param("scale", float, per_input=True)
-WEIGHT = Param("weight", float, required=True, per_input=True)
+SCALE = Param("scale", float, scope="input")
+WEIGHT = Param("weight", float, required=True, scope="input")
 
 
 def level(path, **settings):
