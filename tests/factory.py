@@ -95,3 +95,23 @@ def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed:
     state = {t.output: random_values(t.output, t.shape, seed=seed).to(torch_dtype(t.dtype)) for t in tensors}
     torch.save(state, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def derive_model(source: Path, folder: Path, *, seed: int, scale: float = 0.01) -> Path:
+    """A "fine-tune" of `source`: every floating tensor plus seeded noise N(0, scale²)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(source / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point():
+            noise = torch.randn(t.shape, generator=generator) * scale
+            tensors[name] = (t.float() + noise).to(t.dtype)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(source / "config.json", folder / "config.json")
+    return folder

@@ -203,7 +203,9 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_S
         sources = [
             (
                 f"{prefix}models[{i}]",
-                InputSlice(model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters),
+                InputSlice.model_construct(
+                    model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters
+                ),
             )
             for i, m in enumerate(models)
         ]
@@ -211,7 +213,11 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_S
             sources.append(
                 (
                     "base_model",
-                    InputSlice(model=recipe.base_model, layer_range=(0, _layer_count(checkpoints, recipe.base_model))),
+                    InputSlice.model_construct(
+                        model=recipe.base_model,
+                        layer_range=(0, _layer_count(checkpoints, recipe.base_model)),
+                        parameters=None,
+                    ),
                 )
             )
         return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels, recipe.base_model)]

@@ -27,7 +27,7 @@ def main(mergekit_yaml: str) -> None:
         for case in CASES:
             text = (HERE / case / "recipe.yaml").read_text()
             used = sorted(name for name in inputs if name in text)
-            for name in used:
+            for name in sorted(used, key=len, reverse=True):  # golden/ft1 before golden/f...
                 text = text.replace(name, str(inputs[name]))  # mergekit has no --model-path
             recipe = Path(tmp) / f"{case}.yaml"
             recipe.write_text(text)

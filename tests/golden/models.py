@@ -9,10 +9,11 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from factory import build_model  # noqa: E402
+from factory import build_model, derive_model  # noqa: E402
 from mergesmith.demo import SEED_MODEL, build_demo_model  # noqa: E402
 
-CASES = ("seed_passthrough", "parameters_mixed", "tied_embeddings")
+HERE = Path(__file__).resolve().parent
+CASES = tuple(sorted(p.name for p in HERE.iterdir() if (p / "recipe.yaml").is_file()))
 
 
 def build_inputs(folder: Path) -> dict[str, Path]:
@@ -21,7 +22,17 @@ def build_inputs(folder: Path) -> dict[str, Path]:
         SEED_MODEL: build_demo_model(folder / "fimbulvetr-demo"),
         "golden/mistral-8": build_model(folder / "mistral-8", "mistral", layers=8, seed=8),
         "golden/llama-tied-4": build_model(folder / "llama-tied-4", "llama", layers=4, tied=True, seed=4),
+        **_method_models(folder),
     }
+
+
+def _method_models(folder: Path) -> dict[str, Path]:
+    """A float32 base and three "fine-tunes" of it (float32: no ties among random magnitudes)."""
+    base = build_model(folder / "base", "mistral", layers=2, dtype="F32", seed=100)
+    models = {"golden/base": base}
+    for i in (1, 2, 3):
+        models[f"golden/ft{i}"] = derive_model(base, folder / f"ft{i}", seed=i, scale=0.01)
+    return models
 
 
 def folder_digest(folder: Path) -> str:

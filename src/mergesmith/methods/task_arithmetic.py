@@ -4,7 +4,9 @@ Each input's task vector (input - base) is sparsified (TIES: magnitude, DARE: ra
 magnitude without outliers, DELLA: rank-weighted random), weighted, optionally reduced to the
 elected sign (TIES' consensus), summed, normalised and added back to the base.
 Papers: task arithmetic arXiv 2212.04089, TIES 2306.01708, DARE 2311.03099, breadcrumbs 2312.06795,
-DELLA 2406.11617.
+DELLA 2406.11617. Beyond mergekit, consensus_ta / consensus_ties (TALL masks, arXiv 2405.07813, as
+mergekitty offers them) keep only the elements of the merged task vector that at least `k` models
+find important: |delta_i| > lambda_i * |merged - delta_i|.
 """
 
 from __future__ import annotations
@@ -29,15 +31,19 @@ def _check_epsilon(params: dict[str, Any]) -> str | None:
 
 
 def _spec(name: str, pretty: str, paper: str, sparsification: Sparsification, consensus: bool,
-          normalize: bool, rescale: bool) -> MethodSpec:
+          normalize: bool, rescale: bool, tall: bool = False) -> MethodSpec:
     params = [
         Param("weight", float, required=True, scope="non_base", doc="scale of this model's task vector"),
         Param("density", float, default=1.0, scope="non_base", doc="share of the task vector kept"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of the (kept) weights"),
         Param("rescale", bool, default=rescale, doc="restore each sparsified task vector's L1 norm"),
-        Param("lambda", float, default=1.0, doc="scale of the merged task vector"),
         Param("int8_mask", bool, default=False, doc="store sign masks as int8 (same result)"),
     ]
+    if tall:
+        params.append(Param("lambda", float, default=1.0, scope="non_base", doc="TALL mask threshold factor"))
+        params.append(Param("k", int, default=1, doc="models that must find an element important"))
+    else:
+        params.append(Param("lambda", float, default=1.0, doc="scale of the merged task vector"))
     if sparsification == "magnitude_outliers":
         params.append(Param("gamma", float, default=0.01, scope="non_base", doc="share of largest magnitudes removed"))
     if sparsification == "della":
@@ -65,11 +71,12 @@ def merge_task_vectors(
     density: list[float],
     normalize: bool,
     rescale: bool,
-    scale: float,
+    scale: float | list[float],
     int8_mask: bool,
     gamma: list[float] | None = None,
     epsilon: list[float] | None = None,
     generator: torch.Generator | None = None,
+    tall_k: int | None = None,
 ) -> Tensor:
     import torch
 
@@ -104,9 +111,23 @@ def merge_task_vectors(
         divisor[divisor.abs() < 1e-8] = 1
     if normalize:
         mixed /= divisor
-    if scale != 1:
+    if tall_k is not None:
+        assert isinstance(scale, list)
+        mixed *= tall_consensus(base, tensors, mixed, factors=scale, k=tall_k)
+    elif scale != 1:
         mixed *= scale
     return (base + mixed).to(base.dtype)
+
+
+def tall_consensus(base: Tensor, tensors: list[Tensor], merged: Tensor, *, factors: list[float], k: int) -> Tensor:
+    """Consensus mask (arXiv 2405.07813): True where at least k inputs' TALL masks hold the element."""
+    import torch
+
+    agreeing = torch.zeros(base.shape, dtype=torch.int32)
+    for tensor, factor in zip(tensors, factors):
+        delta = tensor - base  # the unsparsified, unweighted task vector
+        agreeing += delta.abs() > factor * (merged - delta).abs()
+    return agreeing >= k
 
 
 def sign_consensus(deltas: Tensor, *, mask_dtype: torch.dtype, method: str = "sum") -> Tensor:
@@ -127,18 +148,25 @@ _CONFIGS: dict[str, tuple[str, str, Sparsification, bool, bool, bool]] = {
     "breadcrumbs_ties": ("Model Breadcrumbs with TIES", "https://arxiv.org/abs/2312.06795", "magnitude_outliers", True, False, False),
     "della": ("DELLA", "https://arxiv.org/abs/2406.11617", "della", True, True, True),
     "della_linear": ("Linear DELLA", "https://arxiv.org/abs/2406.11617", "della", False, False, True),
+    "consensus_ta": ("Consensus Task Arithmetic", "https://arxiv.org/abs/2405.07813", None, False, False, False),
+    "consensus_ties": ("Consensus TIES", "https://arxiv.org/abs/2405.07813", "magnitude", True, True, False),
 }
 
 
-def _function(sparsification: Sparsification, consensus: bool):
+def _function(sparsification: Sparsification, consensus: bool, tall: bool):
     def run(base: Tensor, tensors: list[Tensor], **params: Any) -> Tensor:
         params["scale"] = params.pop("lambda")
+        if tall:
+            params["tall_k"] = params.pop("k")
         return merge_task_vectors(base, tensors, sparsification=sparsification, consensus=consensus, **params)
 
     return run
 
 
 METHODS = {
-    name: (_spec(name, pretty, paper, sparse, consensus, normalize, rescale), _function(sparse, consensus))
+    name: (
+        _spec(name, pretty, paper, sparse, consensus, normalize, rescale, tall=name.startswith("consensus_")),
+        _function(sparse, consensus, tall=name.startswith("consensus_")),
+    )
     for name, (pretty, paper, sparse, consensus, normalize, rescale) in _CONFIGS.items()
 }
