@@ -22,9 +22,12 @@ def model_card(plan: Plan, *, random_seed: int | None = None) -> str:
         "## Merge Details\n"
         "### Merge Method\n\n"
         f"This model was merged using the {_method_line(plan)}.\n\n"
-        + (f"The method draws random numbers; they came from `--random-seed {random_seed}`.\n\n" if random_seed is not None else "")
-        + 
-        "### Models Merged\n\n"
+        + (
+            f"The method draws random numbers; they came from `--random-seed {random_seed}`.\n\n"
+            if random_seed is not None
+            else ""
+        )
+        + "### Models Merged\n\n"
         f"The following models were included in the merge:\n{models}\n\n"
         "### Configuration\n\n"
         "The following YAML configuration was used to produce this model:\n\n"

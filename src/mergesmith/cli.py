@@ -91,17 +91,28 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     help="Largest shard, in bytes (500M, 5G, 2GiB).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
 def merge(
-    ctx: click.Context, recipe: Path, out: Path, model_paths: dict, out_shard_size: int, overwrite: bool, as_json: bool
+    ctx: click.Context,
+    recipe: Path,
+    out: Path,
+    model_paths: dict,
+    out_shard_size: int,
+    overwrite: bool,
+    random_seed: int | None,
+    as_json: bool,
 ) -> None:
     """Merge the models of RECIPE into the folder OUT."""
     from mergesmith.api import merge as run_merge
     from mergesmith.execute import MergeOptions
 
     options = MergeOptions(
-        out_shard_bytes=out_shard_size, overwrite=overwrite, progress=not (ctx.obj["quiet"] or as_json)
+        out_shard_bytes=out_shard_size,
+        overwrite=overwrite,
+        random_seed=random_seed,
+        progress=not (ctx.obj["quiet"] or as_json),
     )
     report = run_merge(recipe, out, model_paths=model_paths, options=options)
     if as_json:
@@ -132,6 +143,58 @@ def _show(value: object) -> str:
     if isinstance(value, tuple) and len(value) == 1:
         value = value[0]
     return repr(value) if isinstance(value, str) else str(value)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every method's spec as one JSON document.")
+def methods(as_json: bool) -> None:
+    """List the merge methods with their parameters, defaults and input contracts."""
+    from mergesmith.methods import METHODS
+
+    described = [_describe_method(spec) for spec, _ in METHODS.values()]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    for method in described:
+        inputs = method["inputs"]
+        low, high = inputs["min_count"], inputs["max_count"]
+        counts = f"{low}+" if high is None else (f"{low}" if low == high else f"{low}-{high}")
+        counts += " model" if counts == "1" else " models"
+        if inputs["min_non_base"] is not None:
+            counts = f"{inputs['min_non_base']}{'+' if inputs['max_non_base'] is None else ''} besides the base"
+        reference = f" {method['reference']}" if method["reference"] else ""
+        click.echo(f"{method['name']}: {method['summary']} (base {inputs['base']}, {counts}){reference}")
+        for param in method["parameters"]:
+            default = "required" if param["required"] else f"default {param['default']!r}"
+            click.echo(f"    {param['name']} ({param['type']}, {param['scope']}, {default}): {param['doc']}")
+
+
+def _describe_method(spec) -> dict:
+    return {
+        "name": spec.name,
+        "pretty_name": spec.pretty_name,
+        "summary": spec.summary,
+        "reference": spec.reference,
+        "random": spec.is_random,
+        "inputs": {
+            "base": spec.inputs.base,
+            "min_count": spec.inputs.min_count,
+            "max_count": spec.inputs.max_count,
+            "min_non_base": spec.inputs.min_non_base,
+            "max_non_base": spec.inputs.max_non_base,
+        },
+        "parameters": [
+            {
+                "name": p.name,
+                "type": p.type.__name__,
+                "scope": p.scope,
+                "required": p.required,
+                "default": p.default,
+                "doc": p.doc,
+            }
+            for p in spec.params
+        ],
+    }
 
 
 @cli.command()

@@ -52,7 +52,9 @@ def run_plan(
     seed = options.random_seed if options.random_seed is not None else secrets.randbits(32)
     is_random = get_method(plan.method)[0].is_random
     if is_random and options.random_seed is None:
-        log.warning("%s draws random numbers; no --random-seed given, so using %d (saved in the card)", plan.method, seed)
+        log.warning(
+            "%s draws random numbers; no --random-seed given, so using %d (saved in the card)", plan.method, seed
+        )
     started = time.perf_counter()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
@@ -97,7 +99,9 @@ def _run_entry(
     compute = torch_dtype(entry.compute_dtype)
     for first in range(0, count, step):
         n = min(step, count - first)
-        tensors = [_read_elements(c, s.tensor, i.dtype, first, n).to(compute) for c, s, i in zip(readers, entry.sources, infos)]
+        tensors = [
+            _read_elements(c, s.tensor, i.dtype, first, n).to(compute) for c, s, i in zip(readers, entry.sources, infos)
+        ]
         if not spec.elementwise:
             tensors = [t.reshape(entry.shape) for t in tensors]
         if entry.has_base:

@@ -152,8 +152,16 @@ class _EntryBuilder:
         if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
             raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")
         self.entries.append(
-            PlanEntry(output, self.spec.name, tuple(Source(src.model, name) for src, name in inputs), has_base,
-                      params, infos[0].shape, written, compute)
+            PlanEntry(
+                output,
+                self.spec.name,
+                tuple(Source(src.model, name) for src, name in inputs),
+                has_base,
+                params,
+                infos[0].shape,
+                written,
+                compute,
+            )
         )
 
     def _info(self, out_slice: _SliceSpec, output: str, model: str, name: str) -> TensorInfo:
@@ -180,7 +188,11 @@ class _EntryBuilder:
             for index, (src, name) in enumerate(inputs):
                 if param.scope == "non_base" and has_base and index == 0:
                     continue
-                own = [Level(path, s.parameters, True) for path, s in out_slice.sources if s.model == src.model]
+                own = [
+                    Level(f"{path}.parameters", s.parameters, True)
+                    for path, s in out_slice.sources
+                    if s.model == src.model
+                ]
                 values.append(resolve_parameter(param, [*own, *out_slice.levels], tensor_name=name, t=t))
             resolved.append((param.name, tuple(values)))
         return tuple(resolved)

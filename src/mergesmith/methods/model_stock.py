@@ -40,8 +40,11 @@ def model_stock(base: Tensor, tensors: list[Tensor], *, filter_wise: bool) -> Te
     denominator = 1 + (count - 1) * cos_theta
     # No finite ratio at the singularity: keep the base there rather than amplify opposing updates.
     singular = denominator.abs() < 1e-6
-    ratio = torch.where(singular, torch.zeros_like(cos_theta),
-                        (count * cos_theta) / torch.where(singular, torch.ones_like(denominator), denominator))
+    ratio = torch.where(
+        singular,
+        torch.zeros_like(cos_theta),
+        (count * cos_theta) / torch.where(singular, torch.ones_like(denominator), denominator),
+    )
     average = sum(tensors[1:], tensors[0]) / count
     return (ratio * average + (1 - ratio) * base).reshape(shape)
 

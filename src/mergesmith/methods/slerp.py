@@ -40,8 +40,12 @@ def slerp(base: Tensor, tensors: list[Tensor], *, t: float, dot_threshold: float
     def piece(x: Tensor, start: int) -> Tensor:
         return x[:, start : start + _CHUNK_ELEMENTS].to(dtype)
 
-    norm_a = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(piece(a, s), dim=1, keepdim=True) for s in pieces]), dim=0)
-    norm_b = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(piece(b, s), dim=1, keepdim=True) for s in pieces]), dim=0)
+    norm_a = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(piece(a, s), dim=1, keepdim=True) for s in pieces]), dim=0
+    )
+    norm_b = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(piece(b, s), dim=1, keepdim=True) for s in pieces]), dim=0
+    )
     norm_a = torch.where(norm_a > eps, norm_a, 1)
     norm_b = torch.where(norm_b > eps, norm_b, 1)
     dot = torch.stack([(piece(a, s) / norm_a * (piece(b, s) / norm_b)).sum(dim=1, keepdim=True) for s in pieces])
@@ -70,8 +74,9 @@ NUSLERP = MethodSpec(
 )
 
 
-def nuslerp(base: Tensor | None, tensors: list[Tensor], *, weight: list[float], nuslerp_row_wise: bool,
-            nuslerp_flatten: bool) -> Tensor:
+def nuslerp(
+    base: Tensor | None, tensors: list[Tensor], *, weight: list[float], nuslerp_row_wise: bool, nuslerp_flatten: bool
+) -> Tensor:
     total = sum(weight)
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
     dim = 0 if nuslerp_row_wise else -1
@@ -115,8 +120,9 @@ MULTISLERP = MethodSpec(
 )
 
 
-def multislerp(base: Tensor | None, tensors: list[Tensor], *, weight: list[float], normalize_weights: bool,
-               eps: float) -> Tensor:
+def multislerp(
+    base: Tensor | None, tensors: list[Tensor], *, weight: list[float], normalize_weights: bool, eps: float
+) -> Tensor:
     import torch
 
     if len(tensors) == 1:

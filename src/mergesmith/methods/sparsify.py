@@ -54,7 +54,9 @@ def random_drop(tensor: Tensor, density: float, *, rescale: bool, generator: tor
     return _masked(tensor.to(work), mask, rescale).to(tensor.dtype)
 
 
-def della_magprune(tensor: Tensor, density: float, epsilon: float, *, rescale: bool, generator: torch.Generator) -> Tensor:
+def della_magprune(
+    tensor: Tensor, density: float, epsilon: float, *, rescale: bool, generator: torch.Generator
+) -> Tensor:
     """DELLA: keep each element with a probability that grows with its magnitude's rank in its row."""
     import torch
 

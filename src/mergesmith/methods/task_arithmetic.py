@@ -26,12 +26,22 @@ Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della"] |
 def _check_epsilon(params: dict[str, Any]) -> str | None:
     for density, epsilon in zip(params["density"], params["epsilon"]):
         if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
-            return f"epsilon {epsilon} with density {density}: density - epsilon and density + epsilon must lie in (0, 1)"
+            return (
+                f"epsilon {epsilon} with density {density}: density - epsilon and density + epsilon must lie in (0, 1)"
+            )
     return None
 
 
-def _spec(name: str, pretty: str, paper: str, sparsification: Sparsification, consensus: bool,
-          normalize: bool, rescale: bool, tall: bool = False) -> MethodSpec:
+def _spec(
+    name: str,
+    pretty: str,
+    paper: str,
+    sparsification: Sparsification,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    tall: bool = False,
+) -> MethodSpec:
     params = [
         Param("weight", float, required=True, scope="non_base", doc="scale of this model's task vector"),
         Param("density", float, default=1.0, scope="non_base", doc="share of the task vector kept"),
@@ -145,7 +155,14 @@ _CONFIGS: dict[str, tuple[str, str, Sparsification, bool, bool, bool]] = {
     "dare_ties": ("DARE TIES", "https://arxiv.org/abs/2311.03099", "random", True, False, True),
     "dare_linear": ("Linear DARE", "https://arxiv.org/abs/2311.03099", "random", False, False, True),
     "breadcrumbs": ("Model Breadcrumbs", "https://arxiv.org/abs/2312.06795", "magnitude_outliers", False, False, False),
-    "breadcrumbs_ties": ("Model Breadcrumbs with TIES", "https://arxiv.org/abs/2312.06795", "magnitude_outliers", True, False, False),
+    "breadcrumbs_ties": (
+        "Model Breadcrumbs with TIES",
+        "https://arxiv.org/abs/2312.06795",
+        "magnitude_outliers",
+        True,
+        False,
+        False,
+    ),
     "della": ("DELLA", "https://arxiv.org/abs/2406.11617", "della", True, True, True),
     "della_linear": ("Linear DELLA", "https://arxiv.org/abs/2406.11617", "della", False, False, True),
     "consensus_ta": ("Consensus Task Arithmetic", "https://arxiv.org/abs/2405.07813", None, False, False, False),
