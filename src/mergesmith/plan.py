@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.names import DONOR_FILES, LAYER_COUNT_KEYS, NESTED_CONFIG_KEYS, PER_LAYER_KEYS, is_head
+from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method

@@ -56,4 +56,7 @@ def test_without_a_seed_one_is_chosen_reported_and_carded(tmp_path, models):
     assert isinstance(report.random_seed, int)
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"`--random-seed {report.random_seed}`" in card
-    assert "[DARE TIES](https://arxiv.org/abs/2311.03099) merge method using [base](https://huggingface.co/base) as a base" in card
+    assert (
+        "[DARE TIES](https://arxiv.org/abs/2311.03099) merge method using [base](https://huggingface.co/base) as a base"
+        in card
+    )

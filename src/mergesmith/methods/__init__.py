@@ -14,9 +14,9 @@ from typing import Any
 
 from mergesmith.errors import RecipeError
 from mergesmith.methods import fusion, linear, model_stock, passthrough, ram, sce, slerp, task_arithmetic
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
-METHODS: dict[str, tuple[MethodSpec, Callable[..., Any]]] = {
+METHODS: dict[str, MethodEntry] = {
     passthrough.SPEC.name: (passthrough.SPEC, passthrough.passthrough),
     linear.SPEC.name: (linear.SPEC, linear.linear),
     **slerp.METHODS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     import torch
@@ -65,4 +65,4 @@ def nearswap(base: Tensor, tensors: list[Tensor], *, t: float) -> Tensor:
     return weight * other + (1 - weight) * base
 
 
-METHODS = {"arcee_fusion": (ARCEE_FUSION, arcee_fusion), "nearswap": (NEARSWAP, nearswap)}
+METHODS: dict[str, MethodEntry] = {"arcee_fusion": (ARCEE_FUSION, arcee_fusion), "nearswap": (NEARSWAP, nearswap)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -49,4 +49,4 @@ def model_stock(base: Tensor, tensors: list[Tensor], *, filter_wise: bool) -> Te
     return (ratio * average + (1 - ratio) * base).reshape(shape)
 
 
-METHODS = {"model_stock": (SPEC, model_stock)}
+METHODS: dict[str, MethodEntry] = {"model_stock": (SPEC, model_stock)}

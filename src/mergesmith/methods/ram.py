@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -61,4 +61,4 @@ def _ram(base: Tensor, tensors: list[Tensor], *, epsilon: float, boost: tuple[fl
     return base + merged.reshape_as(base)
 
 
-METHODS = {"ram": (RAM, ram), "ramplus_tl": (RAMPLUS_TL, ramplus_tl)}
+METHODS: dict[str, MethodEntry] = {"ram": (RAM, ram), "ramplus_tl": (RAMPLUS_TL, ramplus_tl)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 from mergesmith.methods.task_arithmetic import sign_consensus
 
 if TYPE_CHECKING:
@@ -66,4 +66,4 @@ def _variance_mask(task_vectors: Tensor, share: float, mask_dtype: torch.dtype) 
     return mask
 
 
-METHODS = {"sce": (SPEC, sce)}
+METHODS: dict[str, MethodEntry] = {"sce": (SPEC, sce)}

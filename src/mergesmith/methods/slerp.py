@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -204,7 +204,7 @@ def karcher(tensors: list[Tensor], *, max_iter: int, tol: float) -> Tensor:
     return scale * mean
 
 
-METHODS = {
+METHODS: dict[str, MethodEntry] = {
     "slerp": (SLERP, slerp),
     "nuslerp": (NUSLERP, nuslerp),
     "multislerp": (MULTISLERP, multislerp),

@@ -89,3 +89,7 @@ class MethodSpec:
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+
+# What the registry holds for each method name: the spec and its tensor function.
+MethodEntry = tuple[MethodSpec, Callable[..., Any]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from mergesmith.methods import sparsify
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     import torch
@@ -124,7 +124,7 @@ def merge_task_vectors(
     if tall_k is not None:
         assert isinstance(scale, list)
         mixed *= tall_consensus(base, tensors, mixed, factors=scale, k=tall_k)
-    elif scale != 1:
+    elif isinstance(scale, float) and scale != 1:
         mixed *= scale
     return (base + mixed).to(base.dtype)
 
@@ -180,7 +180,7 @@ def _function(sparsification: Sparsification, consensus: bool, tall: bool):
     return run
 
 
-METHODS = {
+METHODS: dict[str, MethodEntry] = {
     name: (
         _spec(name, pretty, paper, sparse, consensus, normalize, rescale, tall=name.startswith("consensus_")),
         _function(sparse, consensus, tall=name.startswith("consensus_")),
