@@ -20,7 +20,9 @@ class Perplexity:
         return math.exp(self.mean_nll)
 
 
-def perplexity(model_dir: str | os.PathLike[str], text: str, *, max_tokens: int = 2048, dtype: str = "bfloat16") -> Perplexity:
+def perplexity(
+    model_dir: str | os.PathLike[str], text: str, *, max_tokens: int = 2048, dtype: str = "bfloat16"
+) -> Perplexity:
     """Perplexity of a causal LM folder on the first `max_tokens` tokens of `text` (no BOS added).
 
     Example:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,9 @@ class MergeOptions:
     out_shard_bytes: int = DEFAULT_SHARD_BYTES
     overwrite: bool = False
     progress: bool = False  # a byte progress bar on stderr (only shown on a terminal)
-    chunk_bytes: int = 64 * 2**20  # large tensors stream through in pieces of this size
+    chunk_bytes: int = 16 * 2**20  # large tensors stream through in pieces of this size
+    workers: int = min(4, os.cpu_count() or 1)  # threads running plan entries
+    max_memory_bytes: int = 4 * 2**30  # estimated bytes in flight across workers
     sync: bool = True  # fsync shards before the folder is renamed into place
     random_seed: int | None = None  # for DARE, DELLA, arcee_fusion; chosen and reported when None
 
@@ -64,9 +70,9 @@ def run_plan(
         ok = False
         try:
             with _progress(total, options.progress) as bar:
-                for entry in plan.entries:
-                    _run_entry(entry, checkpoints, writer, options, seed)
-                    bar.update(entry.nbytes)
+                _run_entries(
+                    plan.entries, lambda entry: _run_entry(entry, checkpoints, writer, options, seed), options, bar
+                )
             ok = True
         finally:
             writer.close(sync=ok and options.sync)
@@ -76,6 +82,90 @@ def run_plan(
     elapsed = time.perf_counter() - started
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
     return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
+
+
+def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None], options: MergeOptions, bar) -> None:
+    """Run entries on a bounded pool of worker threads, with at most `max_memory_bytes` in flight.
+
+    Reads, torch kernels and writes all release the GIL, so workers overlap I/O with compute. Each
+    entry writes its own byte range of its shard, so workers never touch the same bytes. A failure
+    stops new work; the entries already running finish, then the error propagates.
+    """
+    if options.workers <= 1:
+        for entry in entries:
+            run(entry)
+            bar.update(entry.nbytes)
+        return
+    budget = _Budget(options.max_memory_bytes)
+    with _torch_threads(max(1, (os.cpu_count() or 1) // options.workers)), ThreadPoolExecutor(options.workers) as pool:
+        pending: set[Future] = set()
+        try:
+            for entry in entries:
+                cost = memory_cost(entry, options.chunk_bytes)
+                budget.acquire(cost)
+                future = pool.submit(run, entry)
+                future.add_done_callback(_finisher(budget, bar, cost, entry.nbytes))
+                pending.add(future)
+                done = {f for f in pending if f.done()}
+                for finished in done:
+                    finished.result()  # re-raises a worker's error here, before more work starts
+                pending -= done
+            for future in pending:
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _finisher(budget: _Budget, bar, cost: int, nbytes: int) -> Callable[[Future], None]:
+    def finish(_: Future) -> None:
+        budget.release(cost)
+        bar.update(nbytes)
+
+    return finish
+
+
+class _Budget:
+    """Bytes in flight: acquire waits until the cost fits (one entry always runs, however large)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self.condition = threading.Condition()
+
+    def acquire(self, cost: int) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.used == 0 or self.used + cost <= self.limit)
+            self.used += cost
+
+    def release(self, cost: int) -> None:
+        with self.condition:
+            self.used -= cost
+            self.condition.notify_all()
+
+
+def memory_cost(entry: PlanEntry, chunk_bytes: int) -> int:
+    """A generous estimate of the memory one entry needs while it runs."""
+    spec = get_method(entry.method)[0]
+    if entry.compute_dtype is None or (entry.method == "passthrough" and dict(entry.params)["scale"] == (None,)):
+        return chunk_bytes  # copies
+    if spec.elementwise:
+        return chunk_bytes * (len(entry.sources) + 3)
+    count = entry.nbytes // element_size(entry.dtype)
+    # inputs, their task vectors, masks and a few tensor-sized temporaries
+    return count * element_size(entry.compute_dtype) * (3 * len(entry.sources) + 4)
+
+
+@contextmanager
+def _torch_threads(count: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_entry(

@@ -79,8 +79,8 @@ def della_magprune(
 def rank_window(values: Tensor, start: int, stop: int) -> Tensor:
     """Boolean mask of the elements whose ascending rank r satisfies start <= r < stop.
 
-    Ranks order by value, then by position, as a stable sort would; found with two `kthvalue`
-    calls and a cumulative count over the elements equal to each threshold. `values` is 1-D.
+    Ranks order by value, then by position, as a stable sort would. Each bound costs one
+    `kthvalue` (the value at that rank) and a pass over the elements equal to it. `values` is 1-D.
     """
     import torch
 
@@ -88,15 +88,25 @@ def rank_window(values: Tensor, start: int, stop: int) -> Tensor:
     start, stop = max(0, start), min(count, stop)
     if stop <= start:
         return torch.zeros(count, dtype=torch.bool)
-    low = values.kthvalue(start + 1).values
-    high = values.kthvalue(stop).values
-    mask = (values > low) & (values < high)
-    for threshold in (low, high) if low != high else (low,):
-        equal = values == threshold
-        first_rank = int((values < threshold).sum())
-        ranks = first_rank + torch.cumsum(equal, dim=0) - 1  # rank of each equal element
-        mask |= equal & (ranks >= start) & (ranks < stop)
+    mask = torch.ones(count, dtype=torch.bool)
+    if start > 0:
+        below, equal, first = _split_at_rank(values, start)
+        mask = ~below
+        mask[equal[: start - first]] = False  # equal values ranked before `start`
+    if stop < count:
+        below, equal, first = _split_at_rank(values, stop - 1)
+        mask &= below
+        mask[equal[: stop - first]] = True  # equal values ranked before `stop`...
+        mask[equal[: max(0, start - first)]] = False  # ...but not before `start`
     return mask
+
+
+def _split_at_rank(values: Tensor, rank: int) -> tuple[Tensor, Tensor, int]:
+    """(values < v, positions of values == v, rank of the first of them), v being the value at `rank`."""
+    threshold = values.kthvalue(rank + 1).values
+    below = values < threshold
+    equal = (values == threshold).nonzero().squeeze(1)
+    return below, equal, int(below.sum())
 
 
 def _magnitudes(tensor: Tensor) -> Tensor:

@@ -1,0 +1,151 @@
+"""Merge benchmarks on synthetic 48-layer models: mergesmith vs `cp -r` + `sync` vs mergekit 0.1.5.
+
+    python benchmarks/bench.py seed [--size 1g|5g] [--repeats 3] [--workdir DIR] [--mergekit PATH]
+    python benchmarks/bench.py ties|linear [--size 1g] ...        # a base and 3 models of SIZE each
+
+Each command runs as a child process; wall time, CPU time and peak RSS are read from that child's
+own rusage (os.wait4). Runs alternate between the tools so that cache state treats them alike.
+Every command ends with `sync`. mergekit 0.1.5 is installed into its own venv
+(benchmarks/.venv-mergekit) unless --mergekit names a `mergekit-yaml`, or --no-mergekit is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mergesmith.demo import SEED_MODEL, seed_recipe_text
+from mergesmith.synthetic import llama_style_tensors, mistral_config, write_synthetic_model
+
+HERE = Path(__file__).resolve().parent
+# 48 layers like Fimbulvetr-11B-v2; widths chosen for about 1.4 GB and 5.2 GB of bf16 weights.
+SIZES = {
+    "1g": dict(layers=48, hidden=1024, intermediate=3584, heads=8, kv_heads=2, vocab=32000),
+    "5g": dict(layers=48, hidden=2048, intermediate=7168, heads=16, kv_heads=4, vocab=32000),
+}
+MULTI_MODEL_RECIPES = {
+    "ties": """models:
+  - {model: ft1, parameters: {weight: 0.5, density: 0.5}}
+  - {model: ft2, parameters: {weight: 0.3, density: 0.5}}
+  - {model: ft3, parameters: {weight: 0.2, density: 0.5}}
+base_model: base
+merge_method: ties
+dtype: bfloat16
+""",
+    "linear": """models:
+  - {model: ft1, parameters: {weight: 0.5}}
+  - {model: ft2, parameters: {weight: 0.3}}
+  - {model: ft3, parameters: {weight: 0.2}}
+merge_method: linear
+dtype: bfloat16
+""",
+}
+
+
+def measure(command: str) -> tuple[float, float, float]:
+    """Run a shell command; return (wall s, CPU s, peak RSS MB) of that child and its children."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{command} failed: {process.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def mergekit_yaml(path: str | None) -> str:
+    if path:
+        return path
+    venv = HERE / ".venv-mergekit"
+    exe = venv / "bin" / "mergekit-yaml"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0", "mergekit==0.1.5"], check=True)
+    return str(exe)
+
+
+def build(folder: Path, size: str, seed: int) -> Path:
+    # In a child process: a forked child starts with its parent's resident pages, so a parent that
+    # had generated the models would inflate every measured child's peak RSS.
+    if not (folder / "config.json").exists():
+        subprocess.run(
+            [sys.executable, __file__, "--build", str(folder), "--size", size, "--seed", str(seed)], check=True
+        )
+    return folder
+
+
+def scenario(name: str, work: Path, size: str) -> tuple[str, dict[str, Path], int]:
+    """Recipe text, model name -> folder, and input bytes, for a scenario."""
+    if name == "seed":
+        models = {SEED_MODEL: build(work / f"fimbulvetr-{size}", size, seed=1)}
+        recipe = seed_recipe_text()
+    else:
+        models = {m: build(work / f"{m}-{size}", size, seed=i) for i, m in enumerate(("base", "ft1", "ft2", "ft3"))}
+        recipe = MULTI_MODEL_RECIPES[name]
+        if "base_model" not in recipe:
+            del models["base"]
+    size_bytes = sum(p.stat().st_size for m in models.values() for p in m.glob("*.safetensors"))
+    return recipe, models, size_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", nargs="?", choices=["seed", *MULTI_MODEL_RECIPES], default="seed")
+    parser.add_argument("--size", choices=sorted(SIZES), default="1g")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--mergekit")
+    parser.add_argument("--no-mergekit", action="store_true")
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.build:
+        config = mistral_config(**SIZES[args.size])
+        write_synthetic_model(args.build, config, llama_style_tensors(config), seed=args.seed)
+        return
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="mergesmith-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    recipe, models, input_bytes = scenario(args.scenario, work, args.size)
+    (work / f"{args.scenario}.yaml").write_text(recipe)
+    mk_recipe = recipe
+    for name, folder in models.items():  # mergekit has no --model-path: write the folders in
+        mk_recipe = re.sub(rf"(model:\s*){re.escape(name)}(?=[\s,}}]|$)", rf"\g<1>{folder}", mk_recipe, flags=re.M)
+    (work / f"{args.scenario}-mergekit.yaml").write_text(mk_recipe)
+    paths = " ".join(f"--model-path {name}={folder}" for name, folder in models.items())
+    mergesmith = shutil.which("mergesmith") or "mergesmith"
+    tools = {
+        "mergesmith": f"{mergesmith} -q merge {work}/{args.scenario}.yaml {work}/out-ms --overwrite {paths} && sync",
+        "cp -r + sync": f"rm -rf {work}/out-cp && mkdir {work}/out-cp && "
+        + " && ".join(f"cp -r {m} {work}/out-cp/" for m in models.values())
+        + " && sync",
+    }
+    if not args.no_mergekit:
+        tools["mergekit 0.1.5"] = (
+            f"rm -rf {work}/out-mk && {mergekit_yaml(args.mergekit)} {work}/{args.scenario}-mergekit.yaml "
+            f"{work}/out-mk --quiet && sync"
+        )
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}
+    for _ in range(args.repeats):
+        for name, command in tools.items():
+            results[name].append(measure(command))
+
+    print(f"{args.scenario}, synthetic 48-layer models, {input_bytes / 1e9:.2f} GB in, {args.repeats} runs, medians\n")
+    print("| tool | wall s | CPU s | peak RSS MB | wall vs cp | mergekit wall / this |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    median = {name: [statistics.median(r[i] for r in runs) for i in range(3)] for name, runs in results.items()}
+    for name, (wall, cpu, rss) in median.items():
+        versus = f"{median['mergekit 0.1.5'][0] / wall:.2f}x" if "mergekit 0.1.5" in median else "-"
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {wall / median['cp -r + sync'][0]:.2f}x | {versus} |")
+
+
+if __name__ == "__main__":
+    main()
