@@ -18,11 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from real_model import build_smollm2  # noqa: E402
-
 from mergesmith.api import merge  # noqa: E402
 from mergesmith.evaluate import perplexity  # noqa: E402
 from mergesmith.execute import MergeOptions  # noqa: E402
+from real_model import build_smollm2  # noqa: E402
 
 TEXTS = {"apache": Path("/usr/share/common-licenses/Apache-2.0"), "mpl": Path("/usr/share/common-licenses/MPL-2.0")}
 GPL3 = HERE.parent.parent / "shared" / "fixtures" / "gpl-3.txt"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factory import derive_model
 from safetensors.torch import load_file
 
+from factory import derive_model
 from mergesmith.api import merge
 from mergesmith.evaluate import perplexity
 
