@@ -28,7 +28,9 @@ def models(make_model) -> dict[str, Path]:
     return {name: make_model(name, layers=2, seed=i) for i, name in enumerate(("base", "a", "b"))}
 
 
-def merged(tmp_path: Path, models, method: str, name: str, *, seed: int | None, reverse: bool = False):
+def merged(
+    tmp_path: Path, models, method: str, name: str, *, seed: int | None, reverse: bool = False, workers: int = 1
+):
     recipe = tmp_path / f"{method}.yaml"
     recipe.write_text(RECIPE.replace("METHOD", method))
     loaded = load_recipe(recipe)
@@ -36,14 +38,14 @@ def merged(tmp_path: Path, models, method: str, name: str, *, seed: int | None, 
     plan = plan_merge(loaded, checkpoints)
     if reverse:  # compute the tensors in the opposite order
         plan = dataclasses.replace(plan, entries=plan.entries[::-1])
-    report = run_plan(plan, checkpoints, tmp_path / name, MergeOptions(random_seed=seed))
+    report = run_plan(plan, checkpoints, tmp_path / name, MergeOptions(random_seed=seed, workers=workers))
     return load_file(tmp_path / name / "model.safetensors"), report
 
 
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear", "della", "della_linear"])
-def test_same_seed_same_bytes_in_any_order_and_other_seeds_differ(tmp_path, models, method):
+def test_same_seed_same_bytes_in_any_order_or_worker_count_and_other_seeds_differ(tmp_path, models, method):
     first, _ = merged(tmp_path, models, method, "one", seed=5)
-    again, _ = merged(tmp_path, models, method, "two", seed=5, reverse=True)
+    again, _ = merged(tmp_path, models, method, "two", seed=5, reverse=True, workers=3)
     other, _ = merged(tmp_path, models, method, "three", seed=6)
     assert first.keys() == again.keys()
     assert all(first[n].equal(again[n]) for n in first)

@@ -66,6 +66,47 @@ def test_ties():
     torch.testing.assert_close(result, _ties_reference(0.4, [1.0, 0.6, 0.3]))
 
 
+def _sign_consensus_reference(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    stacked = torch.stack([d * w for d, w in zip(deltas, weights)])
+    agree = torch.sign(stacked) == torch.where(stacked.sum(0) >= 0, 1.0, -1.0)
+    weight_sum = (torch.tensor(weights, dtype=torch.float64).reshape(-1, 1, 1) * agree).sum(0)
+    return BASE + (stacked * agree).sum(0) / torch.where(weight_sum == 0, 1, weight_sum)
+
+
+def test_dare_ties_at_full_density_is_sign_consensus():
+    params = ta_params(weight=[1.0, 0.6, 0.3], normalize=True, rescale=True)
+    result = run("dare_ties", BASE, MODELS, **params, generator=generator())
+    torch.testing.assert_close(result, _sign_consensus_reference(DELTAS, [1.0, 0.6, 0.3]))
+
+
+def test_della_at_full_density_is_sign_consensus_scaled():
+    params = ta_params(weight=[1.0, 0.6, 0.3], normalize=True, rescale=True, epsilon=[0.1] * 3, **{"lambda": 0.5})
+    result = run("della", BASE, MODELS, **params, generator=generator())
+    torch.testing.assert_close(result, BASE + 0.5 * (_sign_consensus_reference(DELTAS, [1.0, 0.6, 0.3]) - BASE))
+
+
+def test_breadcrumbs_ties_is_breadcrumbs_then_sign_consensus():
+    n = BASE.numel()
+    trimmed = []
+    window = slice(n - int(0.6 * n) - int(0.1 * n), n - int(0.1 * n))  # keep 60 % below the top 10 %
+    for d in DELTAS:
+        order = d.abs().flatten().argsort()
+        kept = torch.zeros(n, dtype=torch.float64)
+        kept[order[window]] = d.flatten()[order[window]]
+        trimmed.append(kept.reshape(BASE.shape))
+    params = ta_params(weight=[1.0, 1.0, 1.0], density=[0.6] * 3, gamma=[0.1] * 3, normalize=True)
+    result = run("breadcrumbs_ties", BASE, MODELS, **params)
+    torch.testing.assert_close(result, _sign_consensus_reference(trimmed, [1.0, 1.0, 1.0]))
+
+
+def test_consensus_ties():
+    trimmed = _ties_reference(0.5, [1.0, 1.0, 1.0])  # TIES-merged model, from the reference above
+    merged = trimmed - BASE
+    agree = sum((d.abs() > 1.0 * (merged - d).abs()).int() for d in DELTAS)
+    params = ta_params(weight=[1.0] * 3, density=[0.5] * 3, normalize=True, **{"lambda": [1.0] * 3}, k=2)
+    torch.testing.assert_close(run("consensus_ties", BASE, MODELS, **params), BASE + merged * (agree >= 2))
+
+
 def test_dare_keeps_about_density_and_rescales_l1():
     params = ta_params(weight=[1.0], density=[0.3], rescale=True)
     delta = run("dare_linear", BASE, MODELS[:1], **params, generator=generator()) - BASE
