@@ -115,3 +115,21 @@ def derive_model(source: Path, folder: Path, *, seed: int, scale: float = 0.01) 
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     shutil.copy(source / "config.json", folder / "config.json")
     return folder
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_cache(cache: Path, repo_id: str, model: Path, *, ref: str = "main", skip: tuple[str, ...] = ()) -> Path:
+    """Lay out `model`'s files as huggingface_hub's cache holds a downloaded snapshot."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True)
+    for path in model.iterdir():
+        if path.name not in skip:
+            shutil.copy(path, snapshot / path.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / ref).write_text(HUB_COMMIT)
+    return snapshot

@@ -9,22 +9,25 @@ from pathlib import Path
 from mergesmith.checkpoints import open_checkpoints
 from mergesmith.execute import MergeOptions, MergeReport, run_plan
 from mergesmith.plan import Plan, plan_merge
-from mergesmith.recipe import load_recipe
+from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
 
 
-def plan(recipe: str | os.PathLike[str], *, model_paths: Mapping[str, Path] | None = None) -> Plan:
+RecipeSource = str | os.PathLike[str] | LoadedRecipe
+
+
+def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
 
     Example:
         >>> p = plan("recipe.yaml", model_paths={"Sao10K/Fimbulvetr-11B-v2": Path("/models/f")})
         >>> len(p.entries)
     """
-    loaded = load_recipe(recipe)
+    loaded = _loaded(recipe)
     return plan_merge(loaded, open_checkpoints(loaded.recipe.referenced_models(), model_paths))
 
 
 def merge(
-    recipe: str | os.PathLike[str],
+    recipe: RecipeSource,
     out: str | os.PathLike[str],
     *,
     model_paths: Mapping[str, Path] | None = None,
@@ -35,10 +38,33 @@ def merge(
     Example:
         >>> merge("recipe.yaml", "merged", options=MergeOptions(out_shard_bytes=2 * 10**9))
     """
-    loaded = load_recipe(recipe)
+    loaded = _loaded(recipe)
     out = Path(out)
     from mergesmith.write import check_output_folder
 
     check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.referenced_models(), model_paths)
     return run_plan(plan_merge(loaded, checkpoints), checkpoints, out, options or MergeOptions())
+
+
+def recipe_from_hub_card(model_id: str) -> LoadedRecipe:
+    """The recipe in the model card (README.md) of a hub model, fetched through the hub cache.
+
+    Example:
+        >>> recipe_from_hub_card("ClaudioItaly/some-merge").recipe.merge_method
+    """
+    from mergesmith.checkpoints import resolve_reference
+    from mergesmith.checkpoints.hub import fetch_file
+    from mergesmith.errors import RecipeError
+
+    ref = resolve_reference(model_id)
+    if ref.repo_id is None:
+        raise RecipeError(f"--from-card {model_id}: not a hub model id", hint="give org/name, or pass the card's path")
+    path = fetch_file(ref, "README.md")
+    if path is None:
+        raise RecipeError(f"--from-card {model_id}: the model has no card (README.md)")
+    return parse_recipe(path.read_text(encoding="utf-8"), source=f"{model_id} (model card)")
+
+
+def _loaded(recipe: RecipeSource) -> LoadedRecipe:
+    return recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)

@@ -79,9 +79,14 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"quiet": quiet}
 
 
+from_card_option = click.option(
+    "--from-card", metavar="ID", help="Take the recipe from the model card of hub model ID (through the hub cache)."
+)
+
+
 @cli.command(epilog=MERGE_EXAMPLES)
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, metavar="RECIPE OUT", type=click.Path(path_type=Path))
+@from_card_option
 @model_path_option
 @click.option(
     "--out-shard-size",
@@ -96,15 +101,18 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.pass_context
 def merge(
     ctx: click.Context,
-    recipe: Path,
-    out: Path,
+    paths: tuple[Path, ...],
+    from_card: str | None,
     model_paths: dict,
     out_shard_size: int,
     overwrite: bool,
     random_seed: int | None,
     as_json: bool,
 ) -> None:
-    """Merge the models of RECIPE into the folder OUT."""
+    """Merge the models of RECIPE into the folder OUT.
+
+    RECIPE is a YAML recipe, or a model card (Markdown) holding one; with --from-card ID, give OUT alone.
+    """
     from mergesmith.api import merge as run_merge
     from mergesmith.execute import MergeOptions
 
@@ -114,6 +122,10 @@ def merge(
         random_seed=random_seed,
         progress=not (ctx.obj["quiet"] or as_json),
     )
+    if len(paths) != (1 if from_card else 2):
+        raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
+    out = paths[-1]
+    recipe = _read_recipe(paths[0] if not from_card else None, from_card, quiet=ctx.obj["quiet"])
     report = run_merge(recipe, out, model_paths=model_paths, options=options)
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
@@ -122,14 +134,19 @@ def merge(
 
 
 @cli.command(epilog=PLAN_EXAMPLES)
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@from_card_option
 @model_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
-def plan(recipe: Path, model_paths: dict, as_json: bool) -> None:
+@click.pass_context
+def plan(ctx: click.Context, recipe: Path | None, from_card: str | None, model_paths: dict, as_json: bool) -> None:
     """Check RECIPE and print one line per output tensor. Reads only headers and configs."""
     from mergesmith.api import plan as make_plan
 
-    result = make_plan(recipe, model_paths=model_paths)
+    if (recipe is None) == (from_card is None):
+        raise click.UsageError("give RECIPE or --from-card ID")
+    loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
+    result = make_plan(loaded, model_paths=model_paths)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -137,6 +154,37 @@ def plan(recipe: Path, model_paths: dict, as_json: bool) -> None:
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
         click.echo(f"{entry.output} {entry.dtype} {list(entry.shape)} <- {entry.method}({params}) {sources}")
+
+
+@cli.group()
+def recipe() -> None:
+    """Work with recipes: take them out of model cards."""
+
+
+@recipe.command("extract")
+@click.argument("card", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@from_card_option
+def recipe_extract(card: Path | None, from_card: str | None) -> None:
+    """Print the recipe of a model card (its indentation restored if it was lost) on stdout."""
+    if (card is None) == (from_card is None):
+        raise click.UsageError("give CARD or --from-card ID")
+    loaded = _read_recipe(card, from_card, quiet=False, echo=False)
+    click.echo(loaded.text.rstrip())
+
+
+def _read_recipe(path: Path | None, from_card: str | None, *, quiet: bool, echo: bool = True):
+    """Load a recipe file or card; tell the user on stderr when its indentation was rebuilt."""
+    from mergesmith.api import recipe_from_hub_card
+    from mergesmith.recipe import load_recipe
+
+    loaded = recipe_from_hub_card(from_card) if from_card else load_recipe(path)  # type: ignore[arg-type]
+    if loaded.rebuilt and not quiet:
+        click.echo(f"{loaded.source}: the recipe had lost its indentation; rebuilt from the schema:", err=True)
+        for note in loaded.notes:
+            click.echo(f"  note: {note}", err=True)
+        if echo:
+            click.echo("\n".join("    " + line for line in loaded.text.rstrip().splitlines()), err=True)
+    return loaded
 
 
 def _show(value: object) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def fill_cache(cache: Path, repo_id: str, model: Path, *, ref: str = "main", skip: tuple[str, ...] = ()) -> Path:
-    """Lay out `model`'s files as huggingface_hub's cache holds a downloaded snapshot."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for path in model.iterdir():
-        if path.name not in skip:
-            shutil.copy(path, snapshot / path.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / ref).write_text(COMMIT)
-    return snapshot
+from factory import fill_cache
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:

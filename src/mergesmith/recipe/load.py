@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -14,16 +16,21 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergesmith.errors import RecipeError
+from mergesmith.recipe.card import looks_like_card, recipe_block
 from mergesmith.recipe.schema import Recipe
+from mergesmith.recipe.unflatten import Rebuilt, dump, is_flattened, unflatten
 
 
 @dataclass(frozen=True)
 class LoadedRecipe:
-    """A validated recipe and the text it came from (saved verbatim with the merged model)."""
+    """A validated recipe and its YAML text (saved verbatim with the merged model)."""
 
     recipe: Recipe
-    text: str
+    text: str  # the recipe as written; rebuilt YAML when the indentation had to be restored
     source: str  # file path, or "<string>"
+    from_card: bool = False  # taken from a model card's Configuration block
+    rebuilt: bool = False  # the indentation was lost and has been restored from the schema
+    notes: tuple[str, ...] = ()  # choices made while restoring it
 
 
 def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
@@ -45,11 +52,65 @@ def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
 
 
 def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
-    """Validate recipe text. Raises RecipeError naming the YAML line or key path."""
+    """Validate recipe text, or a model card holding one. Raises RecipeError naming the line or key path.
+
+    A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
+    """
+    from_card = looks_like_card(text)
+    offset = 0
+    if from_card:
+        block = recipe_block(text, source)
+        text, offset = block.text, block.line - 1
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RecipeError(f"{source}: {_describe_yaml_error(err)}", hint=_yaml_hint(err)) from None
+        if is_flattened(text):  # the usual cause: indentation lost on the way
+            return _rebuilt(text, source, offset, from_card)
+        raise RecipeError(f"{source}: {_describe_yaml_error(err, offset)}", hint=_yaml_hint(err)) from None
+    try:
+        return dataclasses.replace(_validate(text, source, data), from_card=from_card)
+    except RecipeError:
+        if not (isinstance(data, dict) and is_flattened(text)):
+            raise
+        try:
+            return _rebuilt(text, source, offset, from_card)
+        except RecipeError:
+            pass
+        raise  # the rebuild made no sense either: report the recipe as written
+
+
+def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedRecipe:
+    rebuilt = _rebuild(text, source, offset)
+    loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
+    return dataclasses.replace(loaded, from_card=from_card, rebuilt=True, notes=_notes(rebuilt, offset))
+
+
+def _rebuild(text: str, source: str, offset: int) -> Rebuilt:
+    from mergesmith.methods import METHODS
+
+    names = {name: {p.name for p in spec.params} for name, (spec, _) in METHODS.items()}
+    per_model = {name: {p.name for p in spec.params if p.per_input} for name, (spec, _) in METHODS.items()}
+    try:
+        rebuilt = unflatten(text, method_params=names, per_model=per_model)
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {_shift_lines(err.message, offset)}", hint=err.hint) from None
+    return rebuilt
+
+
+def _notes(rebuilt: Rebuilt, offset: int) -> tuple[str, ...]:
+    """One note per kind of choice, naming every line it was made at (counted from the card's top)."""
+    lines: dict[str, list[str]] = {}
+    for line, note in rebuilt.notes:
+        lines.setdefault(note, []).append(str(line + offset))
+    return tuple(f"line{'s' if len(n) > 1 else ''} {', '.join(n)}: {note}" for note, n in lines.items())
+
+
+def _shift_lines(message: str, offset: int) -> str:
+    """Line numbers in a card's block, counted from the top of the card."""
+    return re.sub(r"\bline (\d+)", lambda m: f"line {int(m[1]) + offset}", message)
+
+
+def _validate(text: str, source: str, data: Any) -> LoadedRecipe:
     if not isinstance(data, dict):
         raise RecipeError(
             f"{source}: a recipe is a YAML mapping with keys such as 'merge_method' and 'slices'",
@@ -62,10 +123,10 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
     return LoadedRecipe(recipe=recipe, text=text, source=source)
 
 
-def _describe_yaml_error(err: yaml.YAMLError) -> str:
+def _describe_yaml_error(err: yaml.YAMLError, offset: int = 0) -> str:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    where = f"line {mark.line + 1 + offset}, column {mark.column + 1}: " if mark is not None else ""
     return f"{where}invalid YAML: {problem}"
 
 

@@ -102,10 +102,9 @@ def test_schema_errors_name_the_key_path(text, message):
 
 
 def test_yaml_syntax_error_gives_line_and_column():
-    # The seed card's flattened YAML, as a web page copy leaves it.
-    flattened = "slices:\n- sources:\n- model: a\nlayer_range: [0, 4]\n- sources:\n- model: a\nlayer_range: [4, 8]\n"
-    assert error_of(flattened) == (
-        "<string>: line 5, column 1: invalid YAML: expected <block end>, but found '-'\n"
+    message = error_of("merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n   layer_range: [0, 4]\n")
+    assert message == (
+        "<string>: line 5, column 4: invalid YAML: expected <block end>, but found '<block mapping start>'\n"
         "  hint: check the indentation around that line; recipes copied from web pages often lose it"
     )
 
