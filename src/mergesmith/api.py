@@ -11,7 +11,6 @@ from mergesmith.execute import MergeOptions, MergeReport, run_plan
 from mergesmith.plan import Plan, plan_merge
 from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
 
-
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
 

@@ -89,7 +89,7 @@ def test_merge_with_shard_size_and_json_summary(capsys, recipe, make_model, tmp_
     "args, code, message",
     [
         (["plan", "missing.yaml"], 1, "error: missing.yaml: recipe file not found"),
-        (["merge"], 2, "Missing argument 'RECIPE'"),
+        (["merge"], 2, "Error: give RECIPE and OUT"),
         (["merge", "r.yaml", "o", "--out-shard-size", "lots"], 2, "'lots' is not a size"),
         (["merge", "r.yaml", "o", "--model-path", "nofolder"], 2, "'nofolder': write NAME=DIR"),
         (["frobnicate"], 2, "No such command 'frobnicate'"),

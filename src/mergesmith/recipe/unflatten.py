@@ -219,7 +219,8 @@ class _Parser:
             )
         readings = " or to ".join(f"{stack[d].path or 'the top level'}" for d in reversed(depths))
         raise RecipeError(
-            f"line {line.number}: {self._describe(line)} could belong to {readings}, and the readings give different merges",
+            f"line {line.number}: {self._describe(line)} could belong to {readings}, "
+            "and the readings give different merges",
             hint="restore the indentation of that part of the recipe so that only one reading remains",
         )
 
