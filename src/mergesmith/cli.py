@@ -138,8 +138,18 @@ def merge(
 @from_card_option
 @model_path_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the plan into this PNG."
+)
 @click.pass_context
-def plan(ctx: click.Context, recipe: Path | None, from_card: str | None, model_paths: dict, as_json: bool) -> None:
+def plan(
+    ctx: click.Context,
+    recipe: Path | None,
+    from_card: str | None,
+    model_paths: dict,
+    as_json: bool,
+    plot_path: Path | None,
+) -> None:
     """Check RECIPE and print one line per output tensor. Reads only headers and configs."""
     from mergesmith.api import plan as make_plan
 
@@ -147,6 +157,10 @@ def plan(ctx: click.Context, recipe: Path | None, from_card: str | None, model_p
         raise click.UsageError("give RECIPE or --from-card ID")
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
     result = make_plan(loaded, model_paths=model_paths)
+    if plot_path:
+        from mergesmith.plots import plot_plan
+
+        click.echo(f"wrote {plot_plan(result, plot_path)}", err=True)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -154,6 +168,74 @@ def plan(ctx: click.Context, recipe: Path | None, from_card: str | None, model_p
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
         click.echo(f"{entry.output} {entry.dtype} {list(entry.shape)} <- {entry.method}({params}) {sources}")
+
+
+EVALUATE_EXAMPLES = """
+\b
+Examples:
+  mergesmith evaluate ./merged --base ./original
+  mergesmith evaluate ./merged --base ./original --text book.txt --plot plots/ --json
+"""
+
+
+@cli.command(epilog=EVALUATE_EXAMPLES)
+@click.argument("model", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--base", type=click.Path(file_okay=False, path_type=Path), help="Compare with this model.")
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Measure on these files (default: public-domain prose shipped with mergesmith).",
+)
+@click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(2), help="Tokens of text used.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def evaluate(
+    model: Path, base: Path | None, texts: tuple[Path, ...], max_tokens: int, plot_dir: Path | None, as_json: bool
+) -> None:
+    """Measure MODEL: perplexity, per-layer profile, completions; against --base: KL and agreement."""
+    from mergesmith import evaluate as measure
+
+    text = measure.read_texts(list(texts)) if texts else None
+    result = measure.evaluate(model, base_dir=base, text=text, max_tokens=max_tokens)
+    if plot_dir:
+        from mergesmith.plots import plot_evaluation
+
+        for path in plot_evaluation(result, plot_dir):
+            click.echo(f"wrote {path}", err=True)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    _echo_evaluation(result)
+
+
+def _echo_evaluation(result) -> None:
+    model, base = result.model, result.base
+    click.echo(f"{'':24}{'model':>12}{'base':>12}" if base else f"{'':24}{'model':>12}")
+    click.echo(f"{'perplexity':24}{model.perplexity:12.3f}" + (f"{base.perplexity:12.3f}" if base else ""))
+    click.echo(f"{'tokens':24}{model.tokens:12d}")
+    if base:
+        click.echo(f"{'KL(base || model)':24}{result.kl_mean:12.5f}  nats/token")
+        click.echo(f"{'top-1 agreement':24}{result.top1_agreement:12.1%}")
+    click.echo("\nlayer  residual norm (model / base)   update ratio (model / base)   lens KL")
+    for i, norm in enumerate(model.profile.residual_norm):
+        other = base.profile.residual_norm[i] if base and i < len(base.profile.residual_norm) else None
+        ratio = model.profile.update_ratio[i] if i < len(model.profile.update_ratio) else float("nan")
+        other_ratio = base.profile.update_ratio[i] if base and i < len(base.profile.update_ratio) else None
+        lens = result.logit_lens_kl[i] if i < len(result.logit_lens_kl) else None
+        click.echo(
+            f"{i:5d}  {norm:12.2f} / {_maybe(other):>10}   {ratio:12.3f} / {_maybe(other_ratio):>10}   {_maybe(lens)}"
+        )
+    click.echo("")
+    for i, prompt in enumerate(result.prompts):
+        click.echo(f"> {prompt}\n  model: {model.completions[i]}")
+        if base:
+            click.echo(f"  base:  {base.completions[i]}")
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @cli.group()

@@ -1,0 +1,114 @@
+"""PNG pictures of a plan and of an evaluation (matplotlib, drawn off-screen)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mergesmith.errors import MergesmithError
+from mergesmith.evaluate import Evaluation
+from mergesmith.plan import Plan
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise MergesmithError("plots need matplotlib", hint="pip install 'mergesmith[eval]'") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_evaluation(result: Evaluation, folder: str | os.PathLike[str]) -> list[Path]:
+    """profile.png (residual norm and update ratio per layer, model vs base) and, with a base,
+    logit_lens_kl.png. Returns the files written."""
+    plt = _pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, (norms, ratios) = plt.subplots(1, 2, figsize=(11, 4))
+    for report, style in ((result.model, "-o"), (result.base, "--s")):
+        if report is None:
+            continue
+        depth = _relative_depth(len(report.profile.residual_norm))
+        label = Path(report.name).name
+        norms.plot(depth, report.profile.residual_norm, style, markersize=3, label=label)
+        ratios.plot(
+            depth[: len(report.profile.update_ratio)], report.profile.update_ratio, style, markersize=3, label=label
+        )
+    norms.set(title="residual stream norm after each layer", xlabel="relative depth", ylabel="mean L2 norm")
+    norms.set_yscale("log")
+    ratios.set(title="each layer's update / its input", xlabel="relative depth", ylabel="mean ratio")
+    norms.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / "profile.png", plt))
+    if result.logit_lens_kl:
+        fig, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(range(len(result.logit_lens_kl)), result.logit_lens_kl, "-o", markersize=3)
+        axis.set(title="KL(base final || model layer read-out)", xlabel="model layer", ylabel="nats / token")
+        axis.set_yscale("log")
+        fig.tight_layout()
+        written.append(_save(fig, folder / "logit_lens_kl.png", plt))
+    return written
+
+
+def plot_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
+    """Output layer vs source layer for each model, and the resolved per-model parameter (scale,
+    weight, ...) per layer and tensor as a heat map."""
+    import numpy as np
+
+    plt = _pyplot()
+    layer_of = re.compile(r"\.(\d+)\.(.+)$")
+    sources: dict[str, list[tuple[int, int]]] = {}
+    values: dict[str, dict[int, float]] = {}
+    param_name = (
+        next((name for name, value in plan.entries[0].params if isinstance(value, tuple)), None)
+        if plan.entries
+        else None
+    )
+    for entry in plan.entries:
+        match = layer_of.search(entry.output)
+        if not match:
+            continue
+        out_layer, rest = int(match[1]), match[2]
+        for source in entry.sources:
+            src = layer_of.search(source.tensor)
+            if src:
+                sources.setdefault(source.model, []).append((out_layer, int(src[1])))
+        if param_name:
+            value = dict(entry.params)[param_name][0]
+            values.setdefault(rest, {})[out_layer] = 1.0 if value is None else float(value)
+    fig, (mapping, heat) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
+    for model, pairs in sources.items():
+        xs, ys = zip(*sorted(set(pairs)))
+        mapping.plot(xs, ys, "o", markersize=3, label=model)
+    mapping.set(title="where each output layer comes from", xlabel="output layer", ylabel="source layer")
+    mapping.legend(fontsize=7)
+    if values:
+        rows = sorted(values)
+        width = max(max(v) for v in values.values()) + 1
+        grid = np.full((len(rows), width), np.nan)
+        for i, row in enumerate(rows):
+            for layer, value in values[row].items():
+                grid[i, layer] = value
+        image = heat.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        heat.set_yticks(range(len(rows)), [r.removesuffix(".weight") for r in rows], fontsize=6)
+        heat.set(title=f"{param_name} of the first model, per layer and tensor", xlabel="output layer")
+        fig.colorbar(image, ax=heat)
+    fig.tight_layout()
+    return _save(fig, Path(path), plt)
+
+
+def _relative_depth(count: int) -> list[float]:
+    return [(i + 1) / count for i in range(count)]
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
