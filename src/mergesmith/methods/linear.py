@@ -40,8 +40,11 @@ def linear(tensors: list[Tensor], *, weight: list[float], normalize: bool) -> Te
     # with addcmul: mergekit 0.1.5's operations, so the bits agree.
     dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     coefficients = torch.tensor(weight, dtype=dtype)  # (N,)
-    result = torch.zeros_like(first, dtype=dtype)
-    for tensor, coefficient in zip(tensors, coefficients.unbind(0), strict=True):
+    terms = coefficients.unbind(0)
+    # mergekit adds the first product to a zero tensor; adding +0.0 gives the same bits (it turns
+    # -0.0 into +0.0) one pass faster than zeros + addcmul.
+    result = first.to(dtype).mul_(terms[0]).add_(0.0) if first.dtype != dtype else (first * terms[0]).add_(0.0)
+    for tensor, coefficient in zip(tensors[1:], terms[1:], strict=True):
         result.addcmul_(tensor, coefficient)
     if normalize:
         result.div_(coefficients.sum())
