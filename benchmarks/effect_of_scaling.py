@@ -18,11 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from real_model import build_smollm2  # noqa: E402
-
 from mergesmith.api import merge  # noqa: E402
 from mergesmith.evaluate import evaluate, perplexity, sample_text  # noqa: E402
 from mergesmith.plots import plot_evaluation  # noqa: E402
+from real_model import build_smollm2  # noqa: E402
 
 GPL3 = HERE.parent.parent / "shared" / "fixtures" / "gpl-3.txt"
 # The seed: 48 layers in slices of 4; scale per slice (None: unscaled); layer 47 dropped.
@@ -44,8 +43,10 @@ def seed_ramp_recipe(layers: int = 30) -> str:
 def _slice(start: int, end: int, scale: float | None) -> str:
     text = f"  - sources:\n      - model: smollm2\n        layer_range: [{start}, {end}]\n"
     if scale is not None:
-        text += (f"        parameters:\n          scale:\n            - {{filter: o_proj, value: {scale}}}\n"
-                 f"            - {{filter: down_proj, value: {scale}}}\n")
+        text += (
+            f"        parameters:\n          scale:\n            - {{filter: o_proj, value: {scale}}}\n"
+            f"            - {{filter: down_proj, value: {scale}}}\n"
+        )
     return text
 
 
@@ -75,8 +76,10 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mergesmith-scaling-"))
     smol = build_smollm2(work / "cache")
     gpl = GPL3.read_text()
-    print("| variant | layers | perplexity (sample) | perplexity (GPL-3) | KL vs original | top-1 agreement "
-          "| final residual norm | eval s |")
+    print(
+        "| variant | layers | perplexity (sample) | perplexity (GPL-3) | KL vs original | top-1 agreement "
+        "| final residual norm | eval s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     rows = {"original": None, **VARIANTS}
     for name, recipe in rows.items():
@@ -91,8 +94,10 @@ def main() -> None:
         plot_evaluation(result, args.plots / name)
         gpl_ppl = perplexity(folder, gpl).value
         profile = result.model.profile
-        print(f"| {name} | {len(profile.residual_norm)} | {result.model.perplexity:.2f} | {gpl_ppl:.2f} | "
-              f"{result.kl_mean:.3f} | {result.top1_agreement:.1%} | {profile.residual_norm[-1]:.0f} | {seconds:.0f} |")
+        print(
+            f"| {name} | {len(profile.residual_norm)} | {result.model.perplexity:.2f} | {gpl_ppl:.2f} | "
+            f"{result.kl_mean:.3f} | {result.top1_agreement:.1%} | {profile.residual_norm[-1]:.0f} | {seconds:.0f} |"
+        )
         for prompt, answer in zip(result.prompts, result.model.completions):
             print(f"<!-- {name}: {prompt} -> {answer!r} -->")
 

@@ -99,12 +99,12 @@ def evaluate(
     """
     torch, _ = _imports()
     text = text if text is not None else sample_text()
-    model = _Loaded(model_dir, "bfloat16")
+    model = _Loaded(model_dir, None)
     ids = model.encode(text, max_tokens)
     model_logits, model_report = model.measure(ids)
     if base_dir is None:
         return Evaluation(model_report)
-    base = _Loaded(base_dir, "bfloat16")
+    base = _Loaded(base_dir, None)
     base_logits, base_report = base.measure(ids)
     base_logp = torch.log_softmax(base_logits, dim=-1)  # (T, V)
     model_logp = torch.log_softmax(model_logits, dim=-1)
@@ -132,12 +132,16 @@ def _imports():
 class _Loaded:
     """A causal LM with hooks on its decoder layers."""
 
-    def __init__(self, folder: str | os.PathLike[str], dtype: str) -> None:
+    def __init__(self, folder: str | os.PathLike[str], dtype: str | None) -> None:
         torch, transformers = _imports()
         self.name = str(folder)
+        # CPUs without bf16 units run a float32 forward pass about 4x faster than a bf16 one.
+        dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
             self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+            if torch.cuda.is_available():
+                self.model.to("cuda")
         except (OSError, ValueError) as err:
             raise MergesmithError(f"{folder}: cannot load the model ({err})") from None
         self.model.eval()
@@ -147,7 +151,7 @@ class _Loaded:
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[:, :max_tokens]
         if ids.shape[1] < 2:
             raise MergesmithError("the text is shorter than two tokens")
-        return ids
+        return ids.to(self.model.device)
 
     def measure(self, ids: Any) -> tuple[Any, ModelReport]:
         torch, _ = _imports()
@@ -206,7 +210,7 @@ class _Loaded:
                 )
             else:
                 text = prompt
-            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.model.device)
             with torch.no_grad():
                 out = self.model.generate(
                     ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,19 +90,24 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
     entry writes its own byte range of its shard, so workers never touch the same bytes. A failure
     stops new work; the entries already running finish, then the error propagates.
     """
+    # Copies first: they need no torch, so they run while torch is still being imported (the CLI
+    # starts that import in the background), and their I/O overlaps the computed entries' later.
+    entries = tuple(sorted(entries, key=lambda e: not is_plain_copy(e)))
     if options.workers <= 1:
         for entry in entries:
             run(entry)
             bar.update(entry.nbytes)
         return
     budget = _Budget(options.max_memory_bytes)
-    with _torch_threads(max(1, (os.cpu_count() or 1) // options.workers)), ThreadPoolExecutor(options.workers) as pool:
+    threads = _TorchThreads(max(1, (os.cpu_count() or 1) // options.workers))
+    with ThreadPoolExecutor(options.workers) as pool:
         pending: set[Future] = set()
         try:
             for entry in entries:
                 cost = memory_cost(entry, options.chunk_bytes)
                 budget.acquire(cost)
-                future = pool.submit(run, entry)
+                task = run if is_plain_copy(entry) else threads.wrap(run)
+                future = pool.submit(task, entry)
                 future.add_done_callback(_finisher(budget, bar, cost, entry.nbytes))
                 pending.add(future)
                 done = {f for f in pending if f.done()}
@@ -116,6 +120,44 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
             for future in pending:
                 future.cancel()
             raise
+        finally:
+            threads.restore()
+
+
+def is_plain_copy(entry: PlanEntry) -> bool:
+    """Entries whose bytes move unchanged: integer buffers, and passthrough without scale or cast."""
+    if entry.compute_dtype is None:
+        return True
+    unscaled = entry.method == "passthrough" and dict(entry.params)["scale"] == (None,)
+    return unscaled and entry.dtype == entry.stored_dtype
+
+
+class _TorchThreads:
+    """Give torch's intra-op pool `count` threads once the first computed entry runs (importing
+    torch then, not before), and put the old count back at the end."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.before: int | None = None
+        self.lock = threading.Lock()
+
+    def wrap(self, run: Callable[[PlanEntry], None]) -> Callable[[PlanEntry], None]:
+        def configured(entry: PlanEntry) -> None:
+            with self.lock:
+                if self.before is None:
+                    import torch
+
+                    self.before = torch.get_num_threads()
+                    torch.set_num_threads(self.count)
+            run(entry)
+
+        return configured
+
+    def restore(self) -> None:
+        if self.before is not None:
+            import torch
+
+            torch.set_num_threads(self.before)
 
 
 def _finisher(budget: _Budget, bar, cost: int, nbytes: int) -> Callable[[Future], None]:
@@ -147,25 +189,14 @@ class _Budget:
 def memory_cost(entry: PlanEntry, chunk_bytes: int) -> int:
     """A generous estimate of the memory one entry needs while it runs."""
     spec = get_method(entry.method)[0]
-    if entry.compute_dtype is None or (entry.method == "passthrough" and dict(entry.params)["scale"] == (None,)):
+    if is_plain_copy(entry):
         return chunk_bytes  # copies
     if spec.elementwise:
         return chunk_bytes * (len(entry.sources) + 3)
     count = entry.nbytes // element_size(entry.dtype)
+    assert entry.compute_dtype is not None  # copies returned above
     # inputs, their task vectors, masks and a few tensor-sized temporaries
     return count * element_size(entry.compute_dtype) * (3 * len(entry.sources) + 4)
-
-
-@contextmanager
-def _torch_threads(count: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_entry(
@@ -178,7 +209,7 @@ def _run_entry(
     if entry.compute_dtype is None:
         _copy_buffer(entry, readers, writer)
         return
-    if _is_plain_copy(entry, params, infos[0].dtype) and infos[0].start >= 0:
+    if is_plain_copy(entry) and infos[0].start >= 0:
         writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
         return
     if spec.is_random:
@@ -224,11 +255,6 @@ def tensor_generator(seed: int, name: str):
 
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _is_plain_copy(entry: PlanEntry, params: dict, stored_dtype: str) -> bool:
-    # Passthrough without scale into the same dtype: move raw bytes, never decode them.
-    return entry.method == "passthrough" and params["scale"] == (None,) and entry.dtype == stored_dtype
 
 
 def _read_elements(checkpoint: Checkpoint, name: str, dtype: str, first: int, count: int):

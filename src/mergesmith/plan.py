@@ -41,6 +41,7 @@ class PlanEntry:
     shape: tuple[int, ...]
     dtype: str  # written dtype, safetensors code ("BF16")
     compute_dtype: str | None  # inputs are cast to this before the method; None: not floating
+    stored_dtype: str  # the first source's dtype in its checkpoint
 
     @property
     def nbytes(self) -> int:
@@ -161,6 +162,7 @@ class _EntryBuilder:
                 infos[0].shape,
                 written,
                 compute,
+                stored[0],
             )
         )
 

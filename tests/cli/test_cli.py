@@ -63,6 +63,7 @@ def test_plan_json(capsys, recipe, make_model):
         "shape": [32, 32],
         "dtype": "F32",
         "compute_dtype": "F32",
+        "stored_dtype": "BF16",
     }
     assert plan["config"]["num_hidden_layers"] == 2
 

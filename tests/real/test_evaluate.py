@@ -76,9 +76,20 @@ def test_all_scales_one_against_itself_and_a_damaging_merge(tmp_path, smollm2, g
 @pytest.mark.real_model
 def test_evaluate_cli_json_and_plots(tmp_path, smollm2):
     result = subprocess.run(
-        [sys.executable, "-m", "mergesmith.cli", "evaluate", str(smollm2), "--max-tokens", "128", "--json",
-         "--plot", str(tmp_path / "plots")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mergesmith.cli",
+            "evaluate",
+            str(smollm2),
+            "--max-tokens",
+            "128",
+            "--json",
+            "--plot",
+            str(tmp_path / "plots"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
