@@ -96,6 +96,7 @@ from_card_option = click.option(
     help="Largest shard, in bytes (500M, 5G, 2GiB).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
 @click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
@@ -106,6 +107,7 @@ def merge(
     model_paths: dict,
     out_shard_size: int,
     overwrite: bool,
+    workers: int | None,
     random_seed: int | None,
     as_json: bool,
 ) -> None:
@@ -122,6 +124,7 @@ def merge(
         overwrite=overwrite,
         random_seed=random_seed,
         progress=not (ctx.obj["quiet"] or as_json),
+        **({"workers": workers} if workers else {}),
     )
     if len(paths) != (1 if from_card else 2):
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
