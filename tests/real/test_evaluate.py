@@ -55,7 +55,8 @@ def test_identity_merge_measures_as_the_base(tmp_path, smollm2, gpl3_text):
     assert len(result.model.profile.residual_norm) == 40 and len(result.base.profile.residual_norm) == 30
     # The ten inserted copies change nothing: their updates are exactly zero.
     assert all(r == 0.0 for r in result.model.profile.update_ratio[20:30])
-    assert result.logit_lens_kl[-1] == 0.0 and len(result.logit_lens_kl) == 40
+    # (the lens re-runs a 256-token prefix, so its last layer matches to rounding, not bit for bit)
+    assert result.logit_lens_kl[-1] < 1e-6 and len(result.logit_lens_kl) == 40
     assert result.model.completions == result.base.completions
 
     written = plot_evaluation(result, tmp_path / "plots")
