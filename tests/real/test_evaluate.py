@@ -13,18 +13,8 @@ import pytest
 from mergesmith.api import merge
 from mergesmith.evaluate import evaluate
 from mergesmith.plots import plot_evaluation
+from real_model import IDENTITY_RECIPE
 
-IDENTITY = """
-slices:
-  - sources: [{model: smollm2, layer_range: [0, 20]}]
-  - sources:
-      - model: smollm2
-        layer_range: [10, 20]
-        parameters:
-          scale: [{filter: o_proj, value: 0.0}, {filter: down_proj, value: 0.0}]
-  - sources: [{model: smollm2, layer_range: [20, 30]}]
-merge_method: passthrough
-"""
 ALL_ONES = "slices:\n  - sources: [{model: smollm2, layer_range: [0, 30]}]\n    parameters: {scale: 1.0}\nmerge_method: passthrough\n"
 DAMAGING = """
 slices:
@@ -49,7 +39,9 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.real_model
 def test_identity_merge_measures_as_the_base(tmp_path, smollm2, gpl3_text):
-    result = evaluate(merged(tmp_path, smollm2, "identity", IDENTITY), base_dir=smollm2, text=gpl3_text, max_tokens=512)
+    result = evaluate(
+        merged(tmp_path, smollm2, "identity", IDENTITY_RECIPE), base_dir=smollm2, text=gpl3_text, max_tokens=512
+    )
     assert result.kl_mean == 0.0 and result.top1_agreement == 1.0
     assert result.model.perplexity == result.base.perplexity
     assert len(result.model.profile.residual_norm) == 40 and len(result.base.profile.residual_norm) == 30

@@ -9,20 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergesmith.api import merge
-
-IDENTITY_RECIPE = """
-slices:
-  - sources: [{model: smollm2, layer_range: [0, 20]}]
-  - sources:
-      - model: smollm2
-        layer_range: [10, 20]
-        parameters:
-          scale:
-            - {filter: o_proj, value: 0.0}
-            - {filter: down_proj, value: 0.0}
-  - sources: [{model: smollm2, layer_range: [20, 30]}]
-merge_method: passthrough
-"""
+from real_model import IDENTITY_RECIPE
 
 
 @pytest.mark.real_model
