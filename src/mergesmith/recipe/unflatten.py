@@ -229,6 +229,7 @@ class _Parser:
         if (inner.kind, outer.kind) != ("source", "slice"):
             return False
         trial = _copy_stack(stack)
+        the_slice: dict[str, Any] = trial[depths[0]].data  # this slice, whatever the stack holds later
         self._attach(trial, depths[-1], self.lines[index])
         block: dict[str, Any] = trial[-1].data
         for line in self.lines[index + 1 :]:  # parse on to learn the slice's sources and the block's keys
@@ -236,7 +237,7 @@ class _Parser:
             if not choices:
                 break
             self._attach(trial, choices[-1], line)
-        sources = trial[depths[0]].data.get("sources", []) if len(trial) > depths[0] else outer.data.get("sources", [])
+        sources = the_slice.get("sources", [])
         names = set(block)
         return len(sources) == 1 and self.per_model is not None and names <= self.per_model
 

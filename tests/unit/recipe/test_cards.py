@@ -162,3 +162,26 @@ def test_a_mergekit_card_round_trips():
         f"```yaml\n{TIES.strip()}\n```\n"
     )
     assert parse_recipe(card).recipe == parse_recipe(TIES).recipe
+
+
+def test_a_later_two_source_slice_does_not_make_an_earlier_one_ambiguous():
+    # Slice 0 has one source (its parameters may be read either way); slice 1 has two.
+    recipe = """
+slices:
+  - sources:
+      - model: org/a
+        layer_range: [0, 4]
+        parameters:
+          weight: 0.5
+  - sources:
+      - model: org/a
+        layer_range: [4, 8]
+      - model: org/b
+        layer_range: [4, 8]
+merge_method: linear
+parameters:
+  weight: 1.0
+"""
+    loaded = parse_recipe(flat(recipe))
+    assert loaded.recipe == parse_recipe(recipe).recipe
+    assert len(loaded.notes) == 1 and loaded.notes[0].startswith("line 6: 'parameters' could belong to the slice")
