@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -124,8 +125,9 @@ def merge(
         overwrite=overwrite,
         random_seed=random_seed,
         progress=not (ctx.obj["quiet"] or as_json),
-        **({"workers": workers} if workers else {}),
     )
+    if workers:
+        options = dataclasses.replace(options, workers=workers)
     if len(paths) != (1 if from_card else 2):
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
     out = paths[-1]
@@ -372,10 +374,14 @@ def _import_torch_in_background() -> None:
 
 
 def _echo_summary(report) -> None:
+    import resource
+
     rate = report.bytes_written / report.elapsed_s / 1e9 if report.elapsed_s else 0.0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     click.echo(
         f"wrote {report.out}: {report.tensors} tensors in {len(report.shards)} shard(s), "
-        f"{report.bytes_written / 1e9:.3f} GB in {report.elapsed_s:.2f} s ({rate:.2f} GB/s)"
+        f"{report.bytes_written / 1e9:.3f} GB in {report.elapsed_s:.2f} s ({rate:.2f} GB/s), "
+        f"peak memory {peak_mb:.0f} MB"
     )
     click.echo("files: " + ", ".join(report.files))
 

@@ -200,6 +200,16 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
         raise OutputError(f"{out.parent}: parent folder does not exist", hint=f"create it first: mkdir -p {out.parent}")
 
 
+def check_free_space(folder: Path, needed_bytes: int) -> None:
+    """Refuse to start a merge whose output cannot fit on the disk (checked before any work)."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OutputError(
+            f"{folder}: {needed_bytes / 1e9:.2f} GB needed for the merged model, {free / 1e9:.2f} GB free",
+            hint="free some space or choose an output folder on another disk",
+        )
+
+
 @contextmanager
 def staging_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
     """A temporary folder beside `out`, renamed to `out` when the block ends without error.

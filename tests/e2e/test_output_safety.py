@@ -98,3 +98,42 @@ def test_ctrl_c_keeps_the_old_output_and_exits_130(tmp_path, make_model, recipe,
     assert exit_info.value.code == 130
     assert "interrupted" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and leftovers(tmp_path) == []
+
+
+def test_not_enough_disk_is_refused_before_any_work(tmp_path, make_model, recipe):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    with pytest.MonkeyPatch.context() as patch:  # a disk with 1 kB free
+        patch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+        with pytest.raises(OutputError) as err:
+            merge(recipe, tmp_path / "out", model_paths={"m": make_model(layers=2)})
+    assert "GB needed for the merged model, 0.00 GB free" in str(err.value)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("quant", ["gptq", "awq", "bitsandbytes"])
+def test_quantized_inputs_are_refused(tmp_path, make_model, recipe, quant):
+    import json
+
+    model = make_model(layers=2)
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": quant, "bits": 4}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        merge(recipe, tmp_path / "out", model_paths={"m": model})
+    assert str(err.value) == (
+        f"model 'm': its weights are quantized ({quant}), and quantized weights cannot be merged\n"
+        "  hint: merge the original (unquantized) model, then quantize the result"
+    )
+
+
+def test_gguf_only_folder_is_refused(tmp_path, recipe):
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError) as err:
+        merge(recipe, tmp_path / "out", model_paths={"m": folder})
+    assert "only GGUF weights" in str(err.value)

@@ -25,6 +25,7 @@ class Checkpoint:
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._bin_state: dict[str, Mapping[str, Any]] = {}
         self.config = self._read_config()
+        self._refuse_quantized()
         self.weight_map = self._find_weights()  # tensor name -> weight file name
 
     def __repr__(self) -> str:
@@ -80,6 +81,17 @@ class Checkpoint:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"model {self.ref.text!r}: cannot read {path} ({err})") from None
 
+    def _refuse_quantized(self) -> None:
+        """Quantized weights (bitsandbytes, GPTQ, AWQ, ...) cannot be merged as they are stored."""
+        quantization = self.config.get("quantization_config")
+        if quantization:
+            method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
+            raise CheckpointError(
+                f"model {self.ref.text!r}: its weights are quantized ({method}), "
+                "and quantized weights cannot be merged",
+                hint="merge the original (unquantized) model, then quantize the result",
+            )
+
     def _find_weights(self) -> dict[str, str]:
         for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
             index_path = self.folder / index_name
@@ -91,6 +103,11 @@ class Checkpoint:
                 header = self._read_file_header(single, path)
                 self._headers[single] = header
                 return {name: single for name in header}
+        if any(self.folder.glob("*.gguf")):
+            raise CheckpointError(
+                f"model {self.ref.text!r}: only GGUF weights in {self.folder}; GGUF files cannot be merged",
+                hint="use the model's safetensors release, or convert with transformers (gguf_file=...)",
+            )
         raise CheckpointError(
             f"model {self.ref.text!r}: no weights found in {self.folder}",
             hint=f"expected {SAFETENSORS_INDEX}, {SAFETENSORS_SINGLE}, {BIN_INDEX} or {BIN_SINGLE}",
