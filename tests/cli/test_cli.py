@@ -124,3 +124,16 @@ def test_demo_runs_offline(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "check: 47 layers, 426 tensors: 86 scaled" in result.stdout
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_hidden_layers"] == 47
+
+
+@pytest.mark.parametrize("args", [["--help"], ["methods", "--json"], ["plan", "RECIPE", "--model-path", "MODEL"]])
+def test_fast_commands_do_not_import_torch(tmp_path, make_model, recipe, args):
+    model = make_model(layers=2)
+    args = [a.replace("RECIPE", str(recipe)).replace("MODEL", f"org/m={model}") for a in args]
+    probe = (
+        "import sys\nfrom mergesmith.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', code, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+    assert result.stderr.strip().endswith("no torch 0"), result.stderr
