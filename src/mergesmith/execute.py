@@ -19,14 +19,7 @@ from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, tor
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
 from mergesmith.plan import Plan, PlanEntry
-from mergesmith.write import (
-    ShardWriter,
-    check_free_space,
-    check_output_folder,
-    layout_shards,
-    staging_folder,
-    write_metadata,
-)
+from mergesmith.write import ShardWriter, layout_shards, staging_folder, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +64,7 @@ def run_plan(
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
     total = sum(e.nbytes for e in plan.entries)
-    check_output_folder(out, overwrite=options.overwrite)
-    check_free_space(out.parent, sum(layout.sizes))
-    with staging_folder(out, overwrite=options.overwrite) as folder:
+    with staging_folder(out, overwrite=options.overwrite, needed_bytes=sum(layout.sizes)) as folder:
         writer = ShardWriter(folder, layout)
         ok = False
         try:

@@ -99,7 +99,7 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
             model = checkpoints[out_slice.sources[0][1].model]
             for rest in model.layout.layer_tensors[start + offset]:
                 inputs = [
-                    (src, _layer_name(checkpoints[src.model], src.layer_range[0] + offset, rest))
+                    (src, checkpoints[src.model].layout.layer_name(src.layer_range[0] + offset, rest))
                     for _, src in out_slice.sources
                 ]
                 builder.add(f"{out_prefix}.{out_index}.{rest}", out_slice, inputs, t=t)
@@ -122,10 +122,6 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
         copied_files=_copied_files(recipe, donor, checkpoints),
         recipe_text=loaded.text,
     )
-
-
-def _layer_name(checkpoint: Checkpoint, index: int, rest: str) -> str:
-    return checkpoint.layout.layer_name(index, rest)
 
 
 class _EntryBuilder:

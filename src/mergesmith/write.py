@@ -211,13 +211,14 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
 
 
 @contextmanager
-def staging_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+def staging_folder(out: Path, *, overwrite: bool, needed_bytes: int = 0) -> Iterator[Path]:
     """A temporary folder beside `out`, renamed to `out` when the block ends without error.
 
-    On any exception (KeyboardInterrupt included) the temporary folder is removed and `out` is
-    left exactly as it was.
+    `out` and the free space for `needed_bytes` are checked first. On any exception
+    (KeyboardInterrupt included) the temporary folder is removed and `out` is left exactly as it was.
     """
     check_output_folder(out, overwrite=overwrite)
+    check_free_space(out.parent, needed_bytes)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
