@@ -80,12 +80,7 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
 
 
 def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedRecipe:
-    rebuilt = _rebuild(text, source, offset)
-    loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
-    return dataclasses.replace(loaded, from_card=from_card, rebuilt=True, notes=_notes(rebuilt, offset))
-
-
-def _rebuild(text: str, source: str, offset: int) -> Rebuilt:
+    """The recipe of flattened `text`, its nesting restored from the schema, validated."""
     from mergesmith.methods import METHODS
 
     names = {name: {p.name for p in spec.params} for name, (spec, _) in METHODS.items()}
@@ -94,7 +89,8 @@ def _rebuild(text: str, source: str, offset: int) -> Rebuilt:
         rebuilt = unflatten(text, method_params=names, per_model=per_model)
     except RecipeError as err:
         raise RecipeError(f"{source}: {_shift_lines(err.message, offset)}", hint=err.hint) from None
-    return rebuilt
+    loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
+    return dataclasses.replace(loaded, from_card=from_card, rebuilt=True, notes=_notes(rebuilt, offset))
 
 
 def _notes(rebuilt: Rebuilt, offset: int) -> tuple[str, ...]:
