@@ -31,7 +31,11 @@ class MergeOptions:
     out_shard_bytes: int = DEFAULT_SHARD_BYTES
     overwrite: bool = False
     progress: bool = False  # a byte progress bar on stderr (only shown on a terminal)
-    chunk_bytes: int = 16 * 2**20  # large tensors stream through in pieces of this size
+    # Large tensors stream through in pieces of this size. Small pieces are faster, not slower: a
+    # piece's float32 temporaries then stay below glibc's mmap threshold and are reused from the
+    # heap, where 16 MiB pieces got fresh pages from the kernel every time (a page fault per 4 KiB
+    # cost more than the arithmetic: linear over 3 models went from 10.5 to 7.5 CPU seconds).
+    chunk_bytes: int = 2**20
     workers: int = min(4, os.cpu_count() or 1)  # threads running plan entries
     max_memory_bytes: int = 4 * 2**30  # estimated bytes in flight across workers
     sync: bool = True  # fsync shards before the folder is renamed into place
