@@ -133,3 +133,65 @@ def fill_cache(cache: Path, repo_id: str, model: Path, *, ref: str = "main", ski
     (repo / "refs").mkdir()
     (repo / "refs" / ref).write_text(HUB_COMMIT)
     return snapshot
+
+
+# A synthetic byte-free BPE vocabulary of 64 tokens: 3 specials, the 26 letters, 35 letter pairs.
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+PAIRS = tuple(
+    "th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de hi".split()
+)
+
+
+def write_tokenizer(
+    folder: Path,
+    *,
+    added: tuple[str, ...] = (),
+    chat_template: str | None = None,
+    eos: tuple[str, ...] = ("</s>",),
+) -> Path:
+    """Write tokenizer files (tokenizer.json, tokenizer_config.json, ...) and generation_config.json:
+    the 64-token vocabulary, then `added` special tokens (ids 64, 65, ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *letters, *PAIRS])}
+    merges = [(pair[0], pair[1]) for pair in PAIRS]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    ids = tokenizer.get_vocab()
+    eos_ids = [ids[t] for t in eos]
+    generation = {"bos_token_id": ids["<s>"], "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return folder
+
+
+def resize_vocabulary(source: Path, folder: Path, rows: int, *, seed: int, scale: float = 0.01) -> Path:
+    """A "fine-tune" of `source` (seeded noise) whose embeddings and lm_head have `rows` rows: rows
+    beyond the source's are new random ones. Copies the config with vocab_size = rows."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(source / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    for name in sorted(tensors):
+        t = tensors[name]
+        if not t.is_floating_point():
+            continue
+        t = t.float() + torch.randn(t.shape, generator=generator) * scale
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            extra = torch.randn((max(rows - t.shape[0], 0), *t.shape[1:]), generator=generator) * 0.02
+            t = torch.cat([t[:rows], extra])
+        tensors[name] = t.to(tensors[name].dtype)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    config["vocab_size"] = rows
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder

@@ -19,6 +19,7 @@ from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, tor
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
 from mergesmith.plan import Plan, PlanEntry
+from mergesmith.vocabulary import align_rows
 from mergesmith.write import ShardWriter, layout_shards, staging_folder, write_metadata
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,8 @@ def run_plan(
         ok = False
         try:
             with _progress(total, options.progress) as bar:
-                _run_entries(
-                    plan.entries, lambda entry: _run_entry(entry, checkpoints, writer, options, seed), options, bar
-                )
+                run = lambda entry: _run_entry(entry, plan, checkpoints, writer, options, seed)  # noqa: E731
+                _run_entries(plan.entries, run, options, bar)
             ok = True
         finally:
             writer.close(sync=ok and options.sync)
@@ -133,7 +133,7 @@ def is_plain_copy(entry: PlanEntry) -> bool:
     if entry.compute_dtype is None:
         return True
     unscaled = entry.method == "passthrough" and dict(entry.params)["scale"] == (None,)
-    return unscaled and entry.dtype == entry.stored_dtype
+    return unscaled and entry.dtype == entry.stored_dtype and not entry.vocabulary
 
 
 class _TorchThreads:
@@ -195,7 +195,7 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int) -> int:
     spec = get_method(entry.method)[0]
     if is_plain_copy(entry):
         return chunk_bytes  # copies
-    if spec.elementwise:
+    if spec.elementwise and not entry.vocabulary:  # vocabulary entries run whole
         return chunk_bytes * (len(entry.sources) + 3)
     count = entry.nbytes // element_size(entry.dtype)
     assert entry.compute_dtype is not None  # copies returned above
@@ -204,7 +204,12 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int) -> int:
 
 
 def _run_entry(
-    entry: PlanEntry, checkpoints: Mapping[str, Checkpoint], writer: ShardWriter, options: MergeOptions, seed: int
+    entry: PlanEntry,
+    plan: Plan,
+    checkpoints: Mapping[str, Checkpoint],
+    writer: ShardWriter,
+    options: MergeOptions,
+    seed: int,
 ) -> None:
     spec, function = get_method(entry.method)
     params = dict(entry.params)
@@ -218,6 +223,10 @@ def _run_entry(
         return
     if spec.is_random:
         params["generator"] = tensor_generator(seed, entry.output)
+    if entry.vocabulary:
+        base = entry.sources[0].model if entry.has_base else plan.base_model
+        _run_vocabulary_entry(entry, readers, infos, function, params, writer, plan.vocabulary, base)
+        return
     count = entry.nbytes // element_size(entry.dtype)
     widest = max(element_size(entry.dtype), *(element_size(i.dtype) for i in infos))
     step = max(1, options.chunk_bytes // widest) if spec.elementwise else max(count, 1)
@@ -229,13 +238,29 @@ def _run_entry(
         ]
         if not spec.elementwise:
             tensors = [t.reshape(entry.shape) for t in tensors]
-        if entry.has_base:
-            result = function(tensors[0], tensors[1:], **params)
-        elif spec.inputs.uses_base:
-            result = function(None, tensors, **params)
-        else:
-            result = function(tensors, **params)
+        result = _apply(entry, spec, function, tensors, params)
         writer.write(entry.output, first * element_size(entry.dtype), tensor_bytes(result.to(torch_dtype(entry.dtype))))
+
+
+def _apply(entry: PlanEntry, spec, function, tensors: list, params: dict):
+    if entry.has_base:
+        return function(tensors[0], tensors[1:], **params)
+    if spec.inputs.uses_base:
+        return function(None, tensors, **params)
+    return function(tensors, **params)
+
+
+def _run_vocabulary_entry(entry, readers, infos, function, params, writer, vocabulary, base) -> None:
+    """Embeddings and lm_head under a merged vocabulary: whole tensors, rows aligned by token first."""
+    assert entry.compute_dtype is not None and vocabulary is not None
+    compute = torch_dtype(entry.compute_dtype)
+    tensors = [
+        _read_elements(c, s.tensor, i.dtype, 0, i.nbytes // element_size(i.dtype)).to(compute).reshape(i.shape)
+        for c, s, i in zip(readers, entry.sources, infos)
+    ]
+    aligned = align_rows(tensors, [s.model for s in entry.sources], vocabulary, base)
+    result = _apply(entry, get_method(entry.method)[0], function, aligned, params)
+    writer.write(entry.output, 0, tensor_bytes(result.to(torch_dtype(entry.dtype))))
 
 
 def _copy_buffer(entry: PlanEntry, readers: list[Checkpoint], writer: ShardWriter) -> None:

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.names import DONOR_FILES, LAYER_COUNT_KEYS, NESTED_CONFIG_KEYS, PER_LAYER_KEYS, is_head
+from mergesmith.checkpoints.names import (
+    DONOR_FILES,
+    GENERATION_FILES,
+    LAYER_COUNT_KEYS,
+    NESTED_CONFIG_KEYS,
+    PER_LAYER_KEYS,
+    TOKEN_ID_KEYS,
+    is_head,
+    is_vocabulary_tensor,
+)
 from mergesmith.checkpoints.safetensors_file import TensorInfo
+from mergesmith.checkpoints.tokenizer import Tokenizer, read_chat_template, read_tokenizer
 from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
@@ -23,6 +35,8 @@ from mergesmith.methods.spec import MethodSpec
 from mergesmith.recipe import LoadedRecipe
 from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
+from mergesmith.templates import chat_template_text
+from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class PlanEntry:
     dtype: str  # written dtype, safetensors code ("BF16")
     compute_dtype: str | None  # inputs are cast to this before the method; None: not floating
     stored_dtype: str  # the first source's dtype in its checkpoint
+    vocabulary: bool = False  # rows are tokens: each input's rows are aligned to the output vocabulary
 
     @property
     def nbytes(self) -> int:
@@ -59,6 +74,9 @@ class Plan:
     base_model: str | None
     copied_files: tuple[tuple[str, str], ...]  # (model reference, file name) copied into the output
     recipe_text: str
+    vocabulary: Vocabulary | None = None  # set when the recipe merges vocabularies (tokenizer settings)
+    chat_template: str | None = None  # written as chat_template.jinja when the recipe chooses one
+    generation_config: Mapping[str, Any] | None = None  # written instead of copied: token ids remapped
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,8 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
     for out_slice in slices:
         _check_slice(out_slice, spec, checkpoints)
 
-    builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype)
+    tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
+    builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
     first, last = slices[0], slices[-1]
     first_model = checkpoints[first.sources[0][1].model]
     out_prefix = first_model.layout.prefix
@@ -110,6 +129,11 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
     donor = recipe.base_model or recipe.referenced_models()[0]
     entries = tuple(builder.entries)
     config = _output_config(checkpoints[donor], entries, layer_sources, out_dtype or load_dtype)
+    generation = None
+    if vocabulary is not None:
+        remap = _token_id_remapper(tokenizers[donor], vocabulary)
+        _set_vocabulary_size(config, vocabulary, remap)
+        generation = _generation_config(checkpoints[donor], remap)
     models = tuple(recipe.referenced_models())
     return Plan(
         entries=entries,
@@ -119,14 +143,44 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> P
         hub_ids=tuple(m for m in models if checkpoints[m].ref.is_hub_id),
         donor=donor,
         base_model=recipe.base_model,
-        copied_files=_copied_files(recipe, donor, checkpoints),
+        copied_files=_copied_files(donor, vocabulary, checkpoints),
         recipe_text=loaded.text,
+        vocabulary=vocabulary,
+        chat_template=_chat_template(recipe.chat_template, models, checkpoints),
+        generation_config=generation,
     )
 
 
+def _vocabulary(
+    recipe: Recipe, checkpoints: Mapping[str, Checkpoint]
+) -> tuple[dict[str, Tokenizer], Vocabulary | None]:
+    source, key = recipe.tokenizer_source, "tokenizer_source"
+    settings, pad = None, None
+    if recipe.tokenizer is not None:
+        source, key = recipe.tokenizer.source, "tokenizer.source"
+        settings, pad = recipe.tokenizer.tokens, recipe.tokenizer.pad_to_multiple_of
+    if source is None:
+        return {}, None
+    if pad is not None and pad < 1:
+        raise RecipeError(f"tokenizer.pad_to_multiple_of: {pad} is not a positive number")
+    models = recipe.referenced_models()
+    tokenizers = {m: read_tokenizer(checkpoints[m]) for m in models}
+    base = recipe.base_model or models[0]
+    return tokenizers, build_vocabulary(source, tokenizers, base, settings, pad, key=key)
+
+
 class _EntryBuilder:
-    def __init__(self, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], load: str | None, out: str | None):
+    def __init__(
+        self,
+        spec: MethodSpec,
+        checkpoints: Mapping[str, Checkpoint],
+        load: str | None,
+        out: str | None,
+        vocabulary: Vocabulary | None,
+        tokenizers: Mapping[str, Tokenizer],
+    ):
         self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
+        self.vocabulary, self.tokenizers = vocabulary, tokenizers
         self.entries: list[PlanEntry] = []
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
@@ -134,8 +188,19 @@ class _EntryBuilder:
         if has_base:  # the base goes first; the others keep the recipe's order
             inputs = sorted(inputs, key=lambda item: item[0].model != out_slice.base)
         infos = [self._info(out_slice, output, src.model, name) for src, name in inputs]
+        shape = infos[0].shape
+        is_vocabulary = is_vocabulary_tensor(output) and len(shape) >= 1
+        if is_vocabulary and self.vocabulary is not None:
+            shape = self._vocabulary_shape(out_slice, output, [src.model for src, _ in inputs], infos)
+        elif is_vocabulary and len({info.shape[0] for info in infos}) > 1:
+            found = ", ".join(f"{src.model}: {info.shape[0]}" for (src, _), info in zip(inputs, infos))
+            raise PlanError(
+                f"{out_slice.path}: the models have vocabularies of different sizes ({output} rows: {found})",
+                hint="set tokenizer_source: union (every model's tokens), base, or one model's name, "
+                "so that rows are matched by token",
+            )
         shapes = {info.shape for info in infos}
-        if len(shapes) > 1:
+        if len(shapes) > 1 and not (is_vocabulary and self.vocabulary is not None):
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
         stored = [info.dtype for info in infos]
@@ -155,12 +220,32 @@ class _EntryBuilder:
                 tuple(Source(src.model, name) for src, name in inputs),
                 has_base,
                 params,
-                infos[0].shape,
+                shape,
                 written,
                 compute,
                 stored[0],
+                vocabulary=is_vocabulary and self.vocabulary is not None,
             )
         )
+
+    def _vocabulary_shape(
+        self, out_slice: _SliceSpec, output: str, models: list[str], infos: list[TensorInfo]
+    ) -> tuple[int, ...]:
+        assert self.vocabulary is not None
+        for model, info in zip(models, infos):
+            rows = self.tokenizers[model].rows
+            if info.shape[0] != rows:
+                raise PlanError(
+                    f"{out_slice.path}: model {model!r}: {output} has {info.shape[0]} rows, "
+                    f"but its config says vocab_size {rows}",
+                    hint="the model's config.json and weights disagree; fix vocab_size in its config.json",
+                )
+        trailing = {info.shape[1:] for info in infos}
+        if len(trailing) > 1:
+            found = ", ".join(f"{m}: {list(i.shape)}" for m, i in zip(models, infos))
+            raise PlanError(f"{out_slice.path}: tensor {output} has different widths across models ({found})")
+        check_entry_models(self.vocabulary, output, models)
+        return (self.vocabulary.size, *infos[0].shape[1:])
 
     def _info(self, out_slice: _SliceSpec, output: str, model: str, name: str) -> TensorInfo:
         checkpoint = self.checkpoints[model]
@@ -326,13 +411,6 @@ def _check_parameter_names(level: Level, spec: MethodSpec) -> None:
 
 
 def _check_unsupported(recipe: Recipe) -> None:
-    if recipe.tokenizer is not None or recipe.tokenizer_source == "union":
-        raise UnsupportedError("tokenizer: merged vocabularies (union, token sources) are not supported yet")
-    if recipe.chat_template is not None:
-        raise UnsupportedError(
-            "chat_template: choosing a chat template is not supported yet",
-            hint="remove the key; the donor model's template is copied",
-        )
     for i, out_slice in enumerate(recipe.slices or ()):
         if out_slice.residual_weight is not None:
             raise UnsupportedError(
@@ -363,19 +441,61 @@ def _output_config(
     return config
 
 
-def _copied_files(recipe: Recipe, donor: str, checkpoints: Mapping[str, Checkpoint]) -> tuple[tuple[str, str], ...]:
-    tokenizer_model = donor
-    if recipe.tokenizer_source == "base":
-        if not recipe.base_model:
-            raise RecipeError("tokenizer_source: 'base' needs a base_model")
-        tokenizer_model = recipe.base_model
-    elif recipe.tokenizer_source:
-        if recipe.tokenizer_source not in checkpoints:
-            raise UnsupportedError("tokenizer_source: a model not otherwise in the recipe is not supported yet")
-        tokenizer_model = recipe.tokenizer_source
+def _copied_files(
+    donor: str, vocabulary: Vocabulary | None, checkpoints: Mapping[str, Checkpoint]
+) -> tuple[tuple[str, str], ...]:
+    """Tokenizer files come from the output vocabulary's source model (the donor without one);
+    generation settings from the donor. An edited tokenizer is written, not copied (write.py)."""
+    tokenizer_model = vocabulary.source if vocabulary is not None else donor
     copied = []
     for name in DONOR_FILES:
-        owner = tokenizer_model if name not in ("generation_config.json",) else donor
+        owner = donor if name in GENERATION_FILES else tokenizer_model
         if checkpoints[owner].file_path(name) is not None:
             copied.append((owner, name))
     return tuple(copied)
+
+
+def _token_id_remapper(donor: Tokenizer, vocabulary: Vocabulary):
+    """Config token ids (eos_token_id, ...) refer to the donor's tokenizer: map them by token."""
+    by_id = {i: token for token, i in donor.vocab.items()}
+    ids = vocabulary.ids()
+
+    def remap(value: Any) -> Any:
+        if isinstance(value, list):
+            return [remap(v) for v in value]
+        if isinstance(value, int) and value in by_id and by_id[value] in ids:
+            return ids[by_id[value]]
+        return value
+
+    return remap
+
+
+def _set_vocabulary_size(config: dict[str, Any], vocabulary: Vocabulary, remap) -> None:
+    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
+        if "vocab_size" in part or part is config:
+            part["vocab_size"] = vocabulary.size
+        for key in TOKEN_ID_KEYS:
+            if part.get(key) is not None:
+                part[key] = remap(part[key])
+
+
+def _generation_config(donor: Checkpoint, remap) -> dict[str, Any] | None:
+    path = donor.file_path(GENERATION_FILES[0])
+    if path is None:
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PlanError(f"model {donor.ref.text!r}: cannot read {path} ({err})") from None
+    for key in TOKEN_ID_KEYS:
+        if settings.get(key) is not None:
+            settings[key] = remap(settings[key])
+    return settings
+
+
+def _chat_template(choice: str | None, models: tuple[str, ...], checkpoints: Mapping[str, Checkpoint]) -> str | None:
+    if choice != "auto":
+        return chat_template_text(choice) if choice is not None else None
+    # mergekit: the template most of the inputs carry (the first seen among equals); none: keep the donor's
+    templates = [t.strip() for m in models if (t := read_chat_template(checkpoints[m]))]
+    return Counter(templates).most_common(1)[0][0] if templates else None

@@ -80,7 +80,9 @@ ERRORS = [
     (
         "models: [{model: a}, {model: wide}]\nmerge_method: karcher\n",
         PlanError,
-        "models: tensor model.embed_tokens.weight has different shapes across models (a: [128, 32], wide: [256, 32])",
+        "models: the models have vocabularies of different sizes (model.embed_tokens.weight rows: a: 128, wide: 256)\n"
+        "  hint: set tokenizer_source: union (every model's tokens), base, or one model's name, "
+        "so that rows are matched by token",
     ),
     (
         "models: [{model: a}, {model: b}]\nbase_model: a\nmerge_method: model_stock\n",

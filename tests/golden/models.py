@@ -9,7 +9,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from factory import build_model, derive_model  # noqa: E402
+from factory import build_model, derive_model, resize_vocabulary, write_tokenizer  # noqa: E402
 from mergesmith.demo import SEED_MODEL, build_demo_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +23,7 @@ def build_inputs(folder: Path) -> dict[str, Path]:
         "golden/mistral-8": build_model(folder / "mistral-8", "mistral", layers=8, seed=8),
         "golden/llama-tied-4": build_model(folder / "llama-tied-4", "llama", layers=4, tied=True, seed=4),
         **_method_models(folder),
+        **_tokenizer_models(folder),
     }
 
 
@@ -33,6 +34,54 @@ def _method_models(folder: Path) -> dict[str, Path]:
     for i in (1, 2, 3):
         models[f"golden/ft{i}"] = derive_model(base, folder / f"ft{i}", seed=i, scale=0.01)
     return models
+
+
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML = (HERE.parent.parent / "src/mergesmith/data/chat_templates/chatml.jinja").read_text()
+
+
+def _tokenizer_models(folder: Path) -> dict[str, Path]:
+    """A 64-token base, two chat variants with 2 added tokens (66 rows), one padded to 72 rows."""
+    base = write_tokenizer(build_model(folder / "tok-base", "mistral", layers=2, vocab=64, seed=200))
+    models = {"golden/tok-base": base}
+    for name, seed in (("tok-chat", 201), ("tok-chat2", 202)):
+        chat = resize_vocabulary(base, folder / name, 66, seed=seed)
+        models[f"golden/{name}"] = write_tokenizer(
+            chat, added=CHAT_TOKENS, chat_template=CHATML, eos=("</s>", "<|im_end|>")
+        )
+    padded = resize_vocabulary(base, folder / "tok-padded", 72, seed=203)
+    models["golden/tok-padded"] = write_tokenizer(padded, chat_template="{{ messages[0]['content'] }}")
+    return models
+
+
+def output_vocabulary(folder: Path) -> list[str] | None:
+    """The merged model's tokens by id, as transformers loads its tokenizer (None: no tokenizer)."""
+    if not (folder / "tokenizer.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(folder).get_vocab()
+    return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Name a colour."},
+]
+
+
+def rendered_chat(folder: Path) -> str | None:
+    """A short conversation through the merged model's chat template (None: it has none)."""
+    from transformers import AutoTokenizer
+
+    if not (folder / "tokenizer.json").exists():
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.chat_template:
+        return None
+    return tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
 
 
 def folder_digest(folder: Path) -> str:

@@ -14,7 +14,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from models import CASES, build_inputs, folder_digest, tensor_digests  # noqa: E402
+from models import CASES, build_inputs, folder_digest, output_vocabulary, rendered_chat, tensor_digests  # noqa: E402
 
 from mergesmith.api import merge  # noqa: E402
 
@@ -41,6 +41,9 @@ def test_output_equals_mergekit(case: str, inputs: dict[str, Path], tmp_path: Pa
     config = json.loads((out / "config.json").read_text())
     for key, value in expected["config"].items():
         assert config[key] == value, key
+    if "vocabulary" in expected:
+        assert output_vocabulary(out) == expected["vocabulary"]
+        assert rendered_chat(out) == expected["chat"]
 
 
 def test_seed_output_loads_in_transformers_and_runs(inputs: dict[str, Path], tmp_path: Path) -> None:

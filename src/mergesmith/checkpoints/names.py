@@ -14,6 +14,12 @@ PRE_LAYER_MARKERS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddi
 # The output projection of a causal LM; absent when it is tied to the input embeddings.
 HEAD_PREFIXES = ("lm_head.", "embed_out.")
 
+# Tensors whose rows are tokens: input embeddings and the output projection.
+VOCABULARY_MARKERS = ("embed_tokens", "wte", "word_embeddings")
+
+# config.json / generation_config.json keys that hold token ids (an int or a list of ints).
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
 # config.json keys that hold the number of layers (Llama/Mistral/Qwen/Gemma/Phi: num_hidden_layers;
 # GPT-2: n_layer; some others: num_layers, n_layers), also inside a nested "text_config".
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -33,6 +39,8 @@ TOKENIZER_FILES = (
     "merges.txt",
     "vocab.txt",
 )
+# A slow tokenizer's files: left out when the merged vocabulary differs from the one they describe.
+LEGACY_TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt")
 GENERATION_FILES = ("generation_config.json",)
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 DONOR_FILES = TOKENIZER_FILES + GENERATION_FILES + CHAT_TEMPLATE_FILES
@@ -51,3 +59,8 @@ def shard_name(index: int, count: int) -> str:
 
 def is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES)
+
+
+def is_vocabulary_tensor(name: str) -> bool:
+    """Input embeddings and the output projection: one row per token."""
+    return is_head(name) or (LAYER_NAME.match(name) is None and any(m in name for m in VOCABULARY_MARKERS))
