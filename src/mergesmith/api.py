@@ -22,7 +22,7 @@ def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None)
         >>> len(p.entries)
     """
     loaded = _loaded(recipe)
-    return plan_merge(loaded, open_checkpoints(loaded.recipe.referenced_models(), model_paths))
+    return plan_merge(loaded, open_checkpoints(loaded.recipe.models_to_open(), model_paths))
 
 
 def merge(
@@ -42,7 +42,7 @@ def merge(
     from mergesmith.write import check_output_folder
 
     check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
-    checkpoints = open_checkpoints(loaded.recipe.referenced_models(), model_paths)
+    checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
     return run_plan(plan_merge(loaded, checkpoints), checkpoints, out, options or MergeOptions())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
 from mergesmith.templates import chat_template_text
 from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def _vocabulary(
     if pad is not None and pad < 1:
         raise RecipeError(f"tokenizer.pad_to_multiple_of: {pad} is not a positive number")
     models = recipe.referenced_models()
-    tokenizers = {m: read_tokenizer(checkpoints[m]) for m in models}
+    tokenizers = {m: read_tokenizer(checkpoints[m]) for m in [*models, source] if m in checkpoints}
     base = recipe.base_model or models[0]
     return tokenizers, build_vocabulary(source, tokenizers, base, settings, pad, key=key)
 
@@ -461,11 +464,14 @@ def _token_id_remapper(donor: Tokenizer, vocabulary: Vocabulary):
     ids = vocabulary.ids()
 
     def remap(value: Any) -> Any:
-        if isinstance(value, list):
-            return [remap(v) for v in value]
-        if isinstance(value, int) and value in by_id and by_id[value] in ids:
-            return ids[by_id[value]]
-        return value
+        if isinstance(value, list):  # eos lists: keep the tokens the output still has
+            return [new for v in value if (new := remap(v)) is not None]
+        if not isinstance(value, int) or value not in by_id:
+            return value
+        if by_id[value] not in ids:
+            log.warning("token %r (id %d) is not in the merged vocabulary; its setting is dropped", by_id[value], value)
+            return None
+        return ids[by_id[value]]
 
     return remap
 

@@ -160,6 +160,14 @@ class Recipe(_Strict):
                 seen.setdefault(model.model, None)
         return list(seen)
 
+    def models_to_open(self) -> list[str]:
+        """The referenced models, and the model whose tokenizer is taken when it is another one."""
+        models = self.referenced_models()
+        source = self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
+        if source not in (None, "union", "base", *models):
+            models.append(source)
+        return models
+
     def _outputs(self) -> list[tuple[list[OutputSlice] | None, list[InputModel] | None]]:
         if self.modules:
             return [(m.slices, m.models) for m in self.modules.values()]
