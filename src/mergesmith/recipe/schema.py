@@ -164,7 +164,7 @@ class Recipe(_Strict):
         """The referenced models, and the model whose tokenizer is taken when it is another one."""
         models = self.referenced_models()
         source = self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
-        if source not in (None, "union", "base", *models):
+        if source is not None and source not in ("union", "base", *models):
             models.append(source)
         return models
 
