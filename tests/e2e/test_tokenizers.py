@@ -114,3 +114,12 @@ def test_tokenizer_errors(models, tmp_path: Path, recipe: str, error: type, mess
     with pytest.raises(error) as err:
         plan(write(tmp_path, recipe), model_paths=models)
     assert str(err.value).startswith(message)
+
+
+def test_a_literal_jinja_template_is_used_as_written(models, tmp_path: Path) -> None:
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    recipe = write(
+        tmp_path, f"models: [{{model: chat}}]\nmerge_method: passthrough\nchat_template: {json.dumps(template)}\n"
+    )
+    out = merge(recipe, tmp_path / "out", model_paths=models).out
+    assert (out / "chat_template.jinja").read_text() == template
