@@ -27,7 +27,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     models = {"base": base}
     for k in (1, 2):
-        own = [f"t{i}" for i in range(n - 400)] + [f"shared{i}" for i in range(100)] + [f"ft{k}-{i}" for i in range(400)]
+        own = [f"t{i}" for i in range(n - 400)] + [f"shared{i}" for i in range(100)]
+        own += [f"ft{k}-{i}" for i in range(400)]
         order = torch.randperm(len(own), generator=generator).tolist()
         models[f"ft{k}"] = [own[i] for i in order]
     tokenizers = {m: Tokenizer(m, Path("-"), {t: i for i, t in enumerate(v)}, {}, len(v)) for m, v in models.items()}

@@ -12,6 +12,7 @@ import tempfile
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -99,6 +100,12 @@ from_card_option = click.option(
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
 @click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where heavy methods (TIES/DARE family, slerp family, model_stock, ...) compute: cpu, cuda, cuda:N, auto.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
 def merge(
@@ -110,6 +117,7 @@ def merge(
     overwrite: bool,
     workers: int | None,
     random_seed: int | None,
+    device: str,
     as_json: bool,
 ) -> None:
     """Merge the models of RECIPE into the folder OUT.
@@ -124,6 +132,7 @@ def merge(
         out_shard_bytes=out_shard_size,
         overwrite=overwrite,
         random_seed=random_seed,
+        device=device,
         progress=not (ctx.obj["quiet"] or as_json),
     )
     if workers:
@@ -167,9 +176,26 @@ def plan(
         from mergesmith.plots import plot_plan
 
         click.echo(f"wrote {plot_plan(result, plot_path)}", err=True)
+    vocabulary = result.vocabulary
+    summary: dict[str, Any] | None = None
+    if vocabulary is not None:  # the per-model row maps are data for the executor, not for reading
+        summary = {
+            "tokens": len(vocabulary.tokens),
+            "rows": vocabulary.size,
+            "tokenizer_from": vocabulary.source,
+            "added": [entry["content"] for entry in vocabulary.appended],
+            "dropped_ids": list(vocabulary.dropped),
+        }
     if as_json:
-        click.echo(json.dumps(asdict(result), indent=2))
+        click.echo(json.dumps({**asdict(result), "vocabulary": summary}, indent=2))
         return
+    if summary is not None:
+        names: list[str] = summary["added"]
+        added = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        click.echo(
+            f"vocabulary: {summary['tokens']} tokens in {summary['rows']} rows, tokenizer from "
+            f"{summary['tokenizer_from']}" + (f"; added: {added}" if added else "")
+        )
     for entry in result.entries:
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)

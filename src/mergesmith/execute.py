@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from mergesmith.card import model_card
 from mergesmith.checkpoints import Checkpoint
+from mergesmith.checkpoints.safetensors_file import read_range
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
@@ -41,6 +43,9 @@ class MergeOptions:
     max_memory_bytes: int = 4 * 2**30  # estimated bytes in flight across workers
     sync: bool = True  # fsync shards before the folder is renamed into place
     random_seed: int | None = None  # for DARE, DELLA, arcee_fusion; chosen and reported when None
+    # "cpu", "cuda" (or "cuda:N") or "auto": where the heavy methods (all but the elementwise ones)
+    # compute. Elementwise methods are bound by I/O and stay on the CPU, where they are exact.
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ def run_plan(
 ) -> MergeReport:
     """Execute `plan` into the folder `out`, atomically: complete and valid, or not there at all."""
     options = options or MergeOptions()
+    device = resolve_device(options.device)
+    if device != options.device:
+        options = dataclasses.replace(options, device=device)
     seed = options.random_seed if options.random_seed is not None else secrets.randbits(32)
     is_random = get_method(plan.method)[0].is_random
     if is_random and options.random_seed is None:
@@ -221,8 +229,12 @@ def _run_entry(
     if is_plain_copy(entry) and infos[0].start >= 0:
         writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
         return
+    device = "cpu" if spec.elementwise or entry.vocabulary else options.device
     if spec.is_random:
-        params["generator"] = tensor_generator(seed, entry.output)
+        params["generator"] = tensor_generator(seed, entry.output, device)
+    if device != "cpu":
+        _run_on_device(entry, spec, function, params, readers, infos, writer, device)
+        return
     if entry.vocabulary:
         base = entry.sources[0].model if entry.has_base else plan.base_model
         _run_vocabulary_entry(entry, readers, infos, function, params, writer, plan.vocabulary, base)
@@ -240,6 +252,62 @@ def _run_entry(
             tensors = [t.reshape(entry.shape) for t in tensors]
         result = _apply(entry, spec, function, tensors, params)
         writer.write(entry.output, first * element_size(entry.dtype), tensor_bytes(result.to(torch_dtype(entry.dtype))))
+
+
+def _run_on_device(entry: PlanEntry, spec, function, params, readers, infos, writer: ShardWriter, device: str) -> None:
+    """A whole tensor on the GPU: inputs read into pinned memory and copied without blocking, on
+    this worker thread's own stream, so one entry's transfers overlap another's compute."""
+    import torch
+
+    assert entry.compute_dtype is not None
+    compute = torch_dtype(entry.compute_dtype)
+    with torch.cuda.stream(_thread_stream(device)):
+        sources = zip(readers, entry.sources, infos)
+        tensors = [_read_to_device(c, s.tensor, i, device).to(compute) for c, s, i in sources]
+        result = _apply(entry, spec, function, [t.reshape(entry.shape) for t in tensors], params)
+        host = result.to(torch_dtype(entry.dtype)).cpu()  # waits for this stream only
+    writer.write(entry.output, 0, tensor_bytes(host))
+
+
+def _read_to_device(checkpoint: Checkpoint, name: str, info, device: str):
+    import torch
+
+    if info.start >= 0:
+        pinned = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=True)  # cached by torch
+        read_range(info, into=memoryview(pinned.numpy()))  # type: ignore[arg-type]
+        host = pinned.view(torch_dtype(info.dtype))
+    else:
+        host = _read_elements(checkpoint, name, info.dtype, 0, info.nbytes // element_size(info.dtype))
+    return host.to(device, non_blocking=True)
+
+
+_streams = threading.local()
+
+
+def _thread_stream(device: str):
+    import torch
+
+    if getattr(_streams, "stream", None) is None:
+        _streams.stream = torch.cuda.Stream(device=device)
+    return _streams.stream
+
+
+def resolve_device(requested: str) -> str:
+    """ "auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is an error."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not requested.startswith("cuda"):
+        raise MergesmithError(f"--device {requested}: expected cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise MergesmithError(
+            f"--device {requested}: no CUDA device is available to torch",
+            hint="use --device cpu (or auto), or install a CUDA build of torch",
+        )
+    return requested
 
 
 def _apply(entry: PlanEntry, spec, function, tensors: list, params: dict):
@@ -275,15 +343,16 @@ def _copy_buffer(entry: PlanEntry, readers: list[Checkpoint], writer: ShardWrite
     writer.write(entry.output, 0, first)
 
 
-def tensor_generator(seed: int, name: str):
+def tensor_generator(seed: int, name: str, device: str = "cpu"):
     """A generator seeded by the merge's seed and the tensor's name: the same bytes whatever the
-    order in which tensors are computed, or the number of workers."""
+    order in which tensors are computed, or the number of workers (on a given device: a GPU
+    draws other numbers from the same seed than the CPU does)."""
     import hashlib
 
     import torch
 
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def _read_elements(checkpoint: Checkpoint, name: str, dtype: str, first: int, count: int):

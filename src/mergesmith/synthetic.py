@@ -88,15 +88,19 @@ def write_synthetic_model(
     *,
     seed: int = 0,
     max_shard_bytes: int = 5 * 10**9,
+    device: str = "cpu",
 ) -> Path:
-    """Write config.json and seeded random safetensors shards (with an index when sharded)."""
+    """Write config.json and seeded random safetensors shards (with an index when sharded).
+    `device="cuda"` draws the values on the GPU: far faster for large models (other values than
+    the CPU's for the same seed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     layout = layout_shards(tensors, max_shard_bytes)
     writer = ShardWriter(folder, layout)
     try:
         for tensor in tensors:
-            values = random_values(tensor.output, tensor.shape, seed=seed).to(torch_dtype(tensor.dtype))
+            values = random_values(tensor.output, tensor.shape, seed=seed, device=device).to(torch_dtype(tensor.dtype))
+            values = values.cpu()
             writer.write(tensor.output, 0, tensor_bytes(values))
     finally:
         writer.close(sync=False)
@@ -108,13 +112,13 @@ def write_synthetic_model(
     return folder
 
 
-def random_values(name: str, shape: tuple[int, ...], *, seed: int = 0):
+def random_values(name: str, shape: tuple[int, ...], *, seed: int = 0, device: str = "cpu"):
     """float32 values for tensor `name`: norms near 1, everything else N(0, 0.02²)."""
     import torch
 
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    values = torch.randn(shape, generator=generator) * 0.02
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    values = torch.randn(shape, generator=generator, device=device) * 0.02
     if len(shape) == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
         values += 1.0
     return values

@@ -64,6 +64,7 @@ def test_plan_json(capsys, recipe, make_model):
         "dtype": "F32",
         "compute_dtype": "F32",
         "stored_dtype": "BF16",
+        "vocabulary": False,
     }
     assert plan["config"]["num_hidden_layers"] == 2
 
@@ -137,3 +138,21 @@ def test_fast_commands_do_not_import_torch(tmp_path, make_model, recipe, args):
     )
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
     assert result.stderr.strip().endswith("no torch 0"), result.stderr
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(capsys, recipe, make_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    model = make_model(layers=2)
+    out = tmp_path / "out"
+    code, _, err = run_main(
+        capsys, "merge", str(recipe), str(out), "--model-path", f"org/m={model}", "--device", "cuda"
+    )
+    assert code == 1 and "--device cuda: no CUDA device is available to torch" in err and "Traceback" not in err
+    assert not out.exists()
+    code, _, err = run_main(capsys, "merge", str(recipe), str(out), "--model-path", f"org/m={model}", "--device", "tpu")
+    assert code == 1 and "--device tpu: expected cpu, cuda, cuda:N or auto" in err
+    code, _, _ = run_main(capsys, "merge", str(recipe), str(out), "--model-path", f"org/m={model}", "--device", "auto")
+    assert code == 0 and (out / "config.json").exists()

@@ -93,11 +93,14 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, end - begin)
 
 
-def read_range(info: TensorInfo, offset: int = 0, nbytes: int | None = None) -> bytearray:
-    """Read `nbytes` of a tensor's data starting `offset` bytes into it (all of it by default)."""
+def read_range(
+    info: TensorInfo, offset: int = 0, nbytes: int | None = None, *, into: memoryview | None = None
+) -> bytearray:
+    """Read `nbytes` of a tensor's data starting `offset` bytes into it (all of it by default),
+    into a new buffer, or into the start of the writable buffer `into` (pinned memory, say)."""
     nbytes = info.nbytes - offset if nbytes is None else nbytes
-    buffer = bytearray(nbytes)
-    view = memoryview(buffer)
+    buffer = bytearray(nbytes) if into is None else bytearray()
+    view = (memoryview(buffer) if into is None else into.cast("B"))[:nbytes]
     fd = os.open(info.path, os.O_RDONLY)
     try:
         done = 0

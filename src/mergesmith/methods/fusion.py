@@ -56,7 +56,7 @@ def _quantiles(values: Tensor, generator: torch.Generator) -> Tensor:
         # mergekit samples with its global RNG, so runs differ; we draw from the seeded generator.
         flat = flat[torch.randint(flat.numel(), (_QUANTILE_SAMPLE,), generator=generator)]
     ordered = torch.sort(flat).values
-    return ordered[(torch.tensor([0.25, 0.5, 0.75]) * (ordered.numel() - 1)).long()]
+    return ordered[(torch.tensor([0.25, 0.5, 0.75], device=ordered.device) * (ordered.numel() - 1)).long()]
 
 
 def nearswap(base: Tensor, tensors: list[Tensor], *, t: float) -> Tensor:

@@ -32,7 +32,7 @@ def slerp(base: Tensor, tensors: list[Tensor], *, t: float, dot_threshold: float
     (other,) = tensors
     dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
     a, b = base.reshape(1, -1), other.reshape(1, -1)  # (1, numel)
-    tt = torch.tensor([t], dtype=dtype).reshape(-1, 1)  # (1, 1)
+    tt = torch.tensor([t], dtype=dtype, device=a.device).reshape(-1, 1)  # (1, 1)
     if not a.shape[1]:
         return ((1 - tt) * a + tt * b).reshape(base.shape).to(base.dtype)
     pieces = range(0, a.shape[1], _CHUNK_ELEMENTS)
@@ -131,7 +131,7 @@ def multislerp(
     if base is not None:
         stacked -= base
     flat = stacked.view(stacked.shape[0], -1)  # (N, numel)
-    weights = torch.tensor(weight, dtype=stacked.dtype)
+    weights = torch.tensor(weight, dtype=stacked.dtype, device=stacked.device)
     if normalize_weights:
         weights = weights / weights.sum()
     norms = torch.norm(flat, dim=-1, keepdim=True)  # (N, 1)

@@ -87,8 +87,8 @@ def rank_window(values: Tensor, start: int, stop: int) -> Tensor:
     count = values.numel()
     start, stop = max(0, start), min(count, stop)
     if stop <= start:
-        return torch.zeros(count, dtype=torch.bool)
-    mask = torch.ones(count, dtype=torch.bool)
+        return torch.zeros(count, dtype=torch.bool, device=values.device)
+    mask = torch.ones(count, dtype=torch.bool, device=values.device)
     if start > 0:
         below, equal, first = _split_at_rank(values, start)
         mask = ~below

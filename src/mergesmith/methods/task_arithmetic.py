@@ -108,7 +108,8 @@ def merge_task_vectors(
             delta = sparsify.della_magprune(delta, density[i], epsilon[i], rescale=rescale, generator=generator)
         deltas[i] = delta
         del delta
-    weights = torch.tensor(weight, dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))  # (N, 1, ...)
+    weights = torch.tensor(weight, dtype=deltas.dtype, device=deltas.device)
+    weights = weights.reshape(-1, *([1] * base.dim()))  # (N, 1, ...)
     deltas.mul_(weights)
     if consensus:
         mask = sign_consensus(deltas, mask_dtype=torch.int8 if int8_mask else base.dtype)  # (N, *shape) bool
@@ -133,7 +134,7 @@ def tall_consensus(base: Tensor, tensors: list[Tensor], merged: Tensor, *, facto
     """Consensus mask (arXiv 2405.07813): True where at least k inputs' TALL masks hold the element."""
     import torch
 
-    agreeing = torch.zeros(base.shape, dtype=torch.int32)
+    agreeing = torch.zeros(base.shape, dtype=torch.int32, device=base.device)
     for tensor, factor in zip(tensors, factors):
         delta = tensor - base  # the unsparsified, unweighted task vector
         agreeing += delta.abs() > factor * (merged - delta).abs()

@@ -1,0 +1,87 @@
+"""--device cuda: the heavy methods on the GPU give the CPU's results within floating-point
+tolerance, and seeded random methods repeat themselves. Skipped without a CUDA GPU (CI has none);
+benchmarks/gpu.py runs these on a GPU machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+
+from models import build_inputs  # noqa: E402
+
+from mergesmith.api import merge  # noqa: E402
+from mergesmith.execute import MergeOptions  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+DETERMINISTIC = [
+    "task_arithmetic",
+    "ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "model_stock",
+    "sce",
+    "ram",
+    "ramplus_tl",
+    "nearswap",
+]
+RANDOM = ["dare_ties", "dare_linear", "della", "della_linear", "arcee_fusion"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    return build_inputs(tmp_path_factory.mktemp("gpu-inputs"))
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    result: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        result.update(load_file(path))
+    return result
+
+
+def run(case: str, inputs, out: Path, device: str, seed: int | None = None) -> dict[str, torch.Tensor]:
+    options = MergeOptions(device=device, random_seed=seed)
+    merge(GOLDEN / f"method_{case}" / "recipe.yaml", out, model_paths=inputs, options=options)
+    return tensors(out)
+
+
+@pytest.mark.parametrize("method", DETERMINISTIC)
+def test_gpu_matches_cpu(method: str, inputs, tmp_path: Path) -> None:
+    cpu = run(method, inputs, tmp_path / "cpu", "cpu")
+    gpu = run(method, inputs, tmp_path / "gpu", "cuda")
+    assert sorted(cpu) == sorted(gpu)
+    for name in cpu:
+        a, b = cpu[name].float(), gpu[name].float()
+        close = torch.isclose(a, b, rtol=1e-4, atol=1e-6)
+        # sums run in another order on the GPU: an element whose TIES sign vote is near zero may
+        # be elected the other way; allow one in ten thousand such elements, no more
+        assert close.float().mean() > 0.9999, (name, (a - b).abs().max().item())
+
+
+@pytest.mark.parametrize("method", RANDOM)
+def test_seeded_random_methods_repeat_on_the_gpu(method: str, inputs, tmp_path: Path) -> None:
+    first = run(method, inputs, tmp_path / "a", "cuda", seed=7)
+    again = run(method, inputs, tmp_path / "b", "cuda", seed=7)
+    other = run(method, inputs, tmp_path / "c", "cuda", seed=8)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)
+
+
+def test_elementwise_methods_are_bit_identical(inputs, tmp_path: Path) -> None:
+    for case in ("linear",):
+        cpu = run(case, inputs, tmp_path / f"{case}-cpu", "cpu")
+        gpu = run(case, inputs, tmp_path / f"{case}-gpu", "cuda")
+        assert all(torch.equal(cpu[n], gpu[n]) for n in cpu)
