@@ -57,7 +57,7 @@ def for_mergekit(recipe: str, models: dict[str, Path]) -> str:
     return recipe
 
 
-def scenario_tools(name: str, work: Path, mergekit: str, gpu: str) -> tuple[dict[str, str], float]:
+def scenario_tools(name: str, work: Path, mergekit: str, gpu: str, workers: int | None) -> tuple[dict[str, str], float]:
     if name == "seed":
         models = {SEED_MODEL: build(work / "seed-8g", "8g", 1, gpu)}
         recipe, device, cuda = seed_recipe_text(), "cpu", ""
@@ -71,7 +71,7 @@ def scenario_tools(name: str, work: Path, mergekit: str, gpu: str) -> tuple[dict
     out = work / "out"
     tools = {
         f"mergesmith (--device {device})": f"rm -rf {out} && {sys.executable} -m mergesmith.cli -q merge "
-        f"{work}/{name}.yaml {out} --device {device} {paths} && sync",
+        f"{work}/{name}.yaml {out} --device {device} {paths}" + (f" --workers {workers}" if workers else "") + " && sync",
         f"cp -r + sync ({size:.1f} GB)": f"rm -rf {out} && mkdir {out} && "
         + " && ".join(f"cp -r {m} {out}/" for m in models.values())
         + " && sync",
@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=300)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=["seed", "ties"], help="run one scenario")
+    parser.add_argument("--workers", type=int, help="mergesmith --workers (default: its own)")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script itself")
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -100,9 +102,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     scenarios = {}
-    for name in ("seed", "ties"):
+    for name in [args.only] if args.only else ["seed", "ties"]:
         built = time.perf_counter()
-        tools, size = scenario_tools(name, args.workdir, args.mergekit_yaml, gpu)
+        tools, size = scenario_tools(name, args.workdir, args.mergekit_yaml, gpu, args.workers)
         print(f"{name}: inputs {size:.2f} GB built in {time.perf_counter() - built:.0f} s", flush=True)
         scenarios[name] = (tools, size)
     results: dict[str, dict[str, list]] = {name: {t: [] for t in tools} for name, (tools, _) in scenarios.items()}

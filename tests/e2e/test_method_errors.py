@@ -7,7 +7,7 @@ import torch
 
 from mergesmith.api import plan
 from mergesmith.errors import PlanError, RecipeError
-from mergesmith.methods.sparsify import rank_window
+from mergesmith.methods.sparsify import rank_window, rank_window_by_sort
 
 ERRORS = [
     # (recipe, error type, exact message)
@@ -102,10 +102,11 @@ def test_plan_time_errors(tmp_path, make_model, recipe, error, message):
     assert str(err.value) == message
 
 
-def test_rank_window_ranks_ties_by_position_like_a_stable_sort():
+@pytest.mark.parametrize("select", [rank_window, rank_window_by_sort])
+def test_rank_window_ranks_ties_by_position_like_a_stable_sort(select):
     values = torch.tensor([3, 1, 2, 3, 1, 2, 3, 0, 2, 2], dtype=torch.float32).repeat(500)
     order = torch.sort(values, stable=True).indices
     for start, stop in ((0, 7), (1003, 2998), (4990, 5000), (2500, 2500), (0, 5000)):
         expected = torch.zeros(values.numel(), dtype=torch.bool)
         expected[order[start:stop]] = True
-        assert torch.equal(rank_window(values, start, stop), expected), (start, stop)
+        assert torch.equal(select(values, start, stop), expected), (start, stop)
