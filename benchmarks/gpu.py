@@ -71,7 +71,7 @@ def scenario_tools(name: str, work: Path, mergekit: str, gpu: str, workers: int 
     out = work / "out"
     tools = {
         f"mergesmith (--device {device})": f"rm -rf {out} && {sys.executable} -m mergesmith.cli -q merge "
-        f"{work}/{name}.yaml {out} --device {device} {paths}" + (f" --workers {workers}" if workers else "") + " && sync",
+        f"{work}/{name}.yaml {out} --device {device} {paths}{f' --workers {workers}' if workers else ''} && sync",
         f"cp -r + sync ({size:.1f} GB)": f"rm -rf {out} && mkdir {out} && "
         + " && ".join(f"cp -r {m} {out}/" for m in models.values())
         + " && sync",
