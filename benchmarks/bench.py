@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py seed [--size 1g|5g] [--repeats 3] [--workdir DIR] [--mergekit PATH]
     python benchmarks/bench.py ties|linear [--size 1g] ...        # a base and 3 models of SIZE each
+    python benchmarks/bench.py dus [--size 1g] ...                # depth up-scaling: 4 overlapping 24-layer ranges
 
 Each command runs as a child process; wall time, CPU time and peak RSS are read from that child's
 own rusage (os.wait4). Runs alternate between the tools so that cache state treats them alike.
@@ -82,11 +83,24 @@ def build(folder: Path, size: str, seed: int) -> Path:
     return folder
 
 
+DEPTH_UPSCALING = """slices:
+  - sources: [{model: MODEL, layer_range: [0, 24]}]
+  - sources: [{model: MODEL, layer_range: [8, 32]}]
+  - sources: [{model: MODEL, layer_range: [16, 40]}]
+  - sources: [{model: MODEL, layer_range: [24, 48]}]
+merge_method: passthrough
+dtype: bfloat16
+"""
+
+
 def scenario(name: str, work: Path, size: str) -> tuple[str, dict[str, Path], int]:
     """Recipe text, model name -> folder, and input bytes, for a scenario."""
     if name == "seed":
         models = {SEED_MODEL: build(work / f"fimbulvetr-{size}", size, seed=1)}
         recipe = seed_recipe_text()
+    elif name == "dus":
+        models = {SEED_MODEL: build(work / f"fimbulvetr-{size}", size, seed=1)}
+        recipe = DEPTH_UPSCALING.replace("MODEL", SEED_MODEL)
     else:
         models = {m: build(work / f"{m}-{size}", size, seed=i) for i, m in enumerate(("base", "ft1", "ft2", "ft3"))}
         recipe = MULTI_MODEL_RECIPES[name]
@@ -98,7 +112,7 @@ def scenario(name: str, work: Path, size: str) -> tuple[str, dict[str, Path], in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", nargs="?", choices=["seed", *MULTI_MODEL_RECIPES], default="seed")
+    parser.add_argument("scenario", nargs="?", choices=["seed", "dus", *MULTI_MODEL_RECIPES], default="seed")
     parser.add_argument("--size", choices=sorted(SIZES), default="1g")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path)

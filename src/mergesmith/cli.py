@@ -45,7 +45,7 @@ def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     power = " KMGT".index(unit or " ")
     size = int(number * (1024 if binary else 1000) ** power)
     if size <= 0:
-        raise click.BadParameter("the shard size must be positive")
+        raise click.BadParameter("the size must be positive")
     return size
 
 
@@ -99,6 +99,13 @@ from_card_option = click.option(
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
+@click.option(
+    "--max-memory",
+    default="4G",
+    show_default=True,
+    callback=_parse_size,
+    help="Estimated bytes of tensors in flight across workers (one entry always runs, however large).",
+)
 @click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
 @click.option(
     "--device",
@@ -116,6 +123,7 @@ def merge(
     out_shard_size: int,
     overwrite: bool,
     workers: int | None,
+    max_memory: int,
     random_seed: int | None,
     device: str,
     as_json: bool,
@@ -133,6 +141,7 @@ def merge(
         overwrite=overwrite,
         random_seed=random_seed,
         device=device,
+        max_memory_bytes=max_memory,
         progress=not (ctx.obj["quiet"] or as_json),
     )
     if workers:
