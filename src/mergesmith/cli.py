@@ -98,6 +98,11 @@ from_card_option = click.option(
     help="Largest shard, in bytes (500M, 5G, 2GiB).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed merge into OUT: keep the tensors it wrote whose checksums still match.",
+)
 @click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
 @click.option(
     "--max-memory",
@@ -122,6 +127,7 @@ def merge(
     model_paths: dict,
     out_shard_size: int,
     overwrite: bool,
+    resume: bool,
     workers: int | None,
     max_memory: int,
     random_seed: int | None,
@@ -142,6 +148,7 @@ def merge(
         random_seed=random_seed,
         device=device,
         max_memory_bytes=max_memory,
+        resume=resume,
         progress=not (ctx.obj["quiet"] or as_json),
     )
     if workers:
@@ -209,6 +216,40 @@ def plan(
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
         click.echo(f"{entry.output} {entry.dtype} {list(entry.shape)} <- {entry.method}({params}) {sources}")
+
+
+VERIFY_EXAMPLES = """
+\b
+Examples:
+  mergesmith verify ./merged
+  mergesmith verify ./merged recipe.yaml --model-path org/base=/models/base
+"""
+
+
+@cli.command(epilog=VERIFY_EXAMPLES)
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@model_path_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def verify(folder: Path, recipe: Path | None, model_paths: dict, as_json: bool) -> int:
+    """Check the model folder FOLDER; with RECIPE, also that it holds what the recipe plans.
+
+    Index against shards, every header, every tensor read (NaN/Inf reported per tensor), config
+    against the tensors (layer count, vocab size, tie flag). Exit 1 when anything is wrong.
+    """
+    from mergesmith.api import plan as make_plan
+    from mergesmith.verify import verify_folder
+
+    planned = make_plan(recipe, model_paths=model_paths) if recipe else None
+    report = verify_folder(folder, planned)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "folder": str(report.folder), "ok": report.ok}, indent=2))
+    else:
+        for problem in report.problems:
+            click.echo(f"problem: {problem}", err=True)
+        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(f"{folder}: {verdict}; {report.tensors} tensors, {report.bytes_read / 1e9:.3f} GB read")
+    return 0 if report.ok else 1
 
 
 EVALUATE_EXAMPLES = """

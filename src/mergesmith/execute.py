@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
 from mergesmith.plan import Plan, PlanEntry
 from mergesmith.vocabulary import align_rows
-from mergesmith.write import ShardWriter, layout_shards, staging_folder, write_metadata
+from mergesmith.write import Journal, ShardWriter, layout_shards, staging_folder, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,7 @@ class MergeOptions:
     # "cpu", "cuda" (or "cuda:N") or "auto": where the heavy methods (all but the elementwise ones)
     # compute. Elementwise methods are bound by I/O and stay on the CPU, where they are exact.
     device: str = "cpu"
+    resume: bool = False  # continue the interrupted merge into the same OUT, keeping its verified tensors
 
 
 @dataclass(frozen=True)
@@ -67,32 +67,56 @@ def run_plan(
     device = resolve_device(options.device)
     if device != options.device:
         options = dataclasses.replace(options, device=device)
-    seed = options.random_seed if options.random_seed is not None else secrets.randbits(32)
     is_random = get_method(plan.method)[0].is_random
-    if is_random and options.random_seed is None:
-        log.warning(
-            "%s draws random numbers; no --random-seed given, so using %d (saved in the card)", plan.method, seed
-        )
     started = time.perf_counter()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
-    total = sum(e.nbytes for e in plan.entries)
-    with staging_folder(out, overwrite=options.overwrite, needed_bytes=sum(layout.sizes)) as folder:
-        writer = ShardWriter(folder, layout)
+    needed = sum(layout.sizes)
+    with staging_folder(out, overwrite=options.overwrite, needed_bytes=needed, resume=options.resume) as folder:
+        journal = Journal(folder, merge_id(plan, layout, checkpoints), options.random_seed, resume=options.resume)
+        seed = journal.seed
+        if is_random and options.random_seed is None and not journal.resumed:
+            log.warning(
+                "%s draws random numbers; no --random-seed given, so using %d (saved in the card)", plan.method, seed
+            )
+        writer = ShardWriter(folder, layout, keep=journal.resumed)
+        finished = journal.verified(writer) if journal.resumed else set()
+        if options.resume:
+            log.info("resuming: %d of %d tensors already written and verified", len(finished), len(plan.entries))
+        entries = tuple(e for e in plan.entries if e.output not in finished)
         ok = False
         try:
-            with _progress(total, options.progress) as bar:
-                run = lambda entry: _run_entry(entry, plan, checkpoints, writer, options, seed)  # noqa: E731
-                _run_entries(plan.entries, run, options, bar)
+            with _progress(sum(e.nbytes for e in entries), options.progress) as bar:
+
+                def run(entry: PlanEntry) -> None:
+                    _run_entry(entry, plan, checkpoints, writer, options, seed)
+                    if entry.output in writer.crcs:  # computed, not copied
+                        journal.record(entry.output, writer.crcs[entry.output])
+
+                _run_entries(entries, run, options, bar)
             ok = True
         finally:
             writer.close(sync=ok and options.sync)
+            journal.close(keep=not ok)
         card = model_card(plan, random_seed=seed if is_random else None)
         write_metadata(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
         files = tuple(sorted(p.name for p in folder.iterdir()))
     elapsed = time.perf_counter() - started
+    total = sum(e.nbytes for e in plan.entries)
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
     return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
+
+
+def merge_id(plan: Plan, layout, checkpoints: Mapping[str, Checkpoint]) -> str:
+    """What an interrupted merge must share with this one to be resumed: the plan, the shard
+    layout, and the input files (path, size, modification time)."""
+    import hashlib
+    import json
+
+    inputs = sorted({str(checkpoints[s.model].tensor_info(s.tensor).path) for e in plan.entries for s in e.sources})
+    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+    identity = [dataclasses.asdict(e) for e in plan.entries], layout.filenames, [h.hex() for h in layout.headers], stats
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None], options: MergeOptions, bar) -> None:

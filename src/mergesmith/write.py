@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import secrets
 import shutil
+import threading
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +34,8 @@ from mergesmith.checkpoints.tokenizer import CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_
 from mergesmith.errors import OutputError
 from mergesmith.plan import Plan
 from mergesmith.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
 
 
 class TensorSlotSpec(Protocol):
@@ -103,13 +109,19 @@ def _header(group: list[TensorSlotSpec]) -> tuple[bytes, list[int]]:
 
 
 class ShardWriter:
-    """Open shard files with final headers; `write(name, offset, data)` puts bytes in place."""
+    """Open shard files with final headers; `write(name, offset, data)` puts bytes in place.
 
-    def __init__(self, folder: Path, layout: ShardLayout) -> None:
+    `keep=True` keeps what the files already hold (resuming an interrupted merge). The CRC-32 of
+    each tensor's written bytes is kept in `crcs` (pieces are written in order), for the journal.
+    """
+
+    def __init__(self, folder: Path, layout: ShardLayout, *, keep: bool = False) -> None:
         self.layout = layout
         self.fds: list[int] = []
+        self.crcs: dict[str, int] = {}
         for filename, header, size in zip(layout.filenames, layout.headers, layout.sizes):
-            fd = os.open(folder / filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
+            fd = os.open(folder / filename, flags, 0o644)
             self.fds.append(fd)
             os.ftruncate(fd, size)
             _pwrite_all(fd, header, 0)
@@ -119,6 +131,7 @@ class ShardWriter:
         slot = self.layout.slots[name]
         if offset + len(data) > slot.nbytes:
             raise ValueError(f"{name}: {offset + len(data)} bytes exceed its {slot.nbytes}-byte slot")
+        self.crcs[name] = zlib.crc32(data, self.crcs.get(name, 0) if offset else 0)
         _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
         _start_writeback(self.fds[slot.shard], slot.offset + offset, len(data))
 
@@ -147,12 +160,87 @@ class ShardWriter:
                 _copy_by_reading(src.fileno(), start + done, self.fds[slot.shard], slot.offset + done, nbytes - done)
         _start_writeback(self.fds[slot.shard], slot.offset, nbytes)
 
+    def crc_on_disk(self, name: str, chunk: int = 64 * 2**20) -> int:
+        """CRC-32 of the bytes a tensor's slot holds now."""
+        slot, crc = self.layout.slots[name], 0
+        for position in range(0, slot.nbytes, chunk):
+            crc = zlib.crc32(
+                os.pread(self.fds[slot.shard], min(chunk, slot.nbytes - position), slot.offset + position), crc
+            )
+        return crc
+
     def close(self, *, sync: bool) -> None:
         for fd in self.fds:
             if sync:
                 os.fsync(fd)
             os.close(fd)
         self.fds = []
+
+
+class Journal:
+    """The computed tensors already in the partial shards, one JSON line each, for --resume.
+
+    The first line identifies the merge (a digest of the plan, its layout and its inputs) and the
+    random seed; a resumed merge must match it. A line is appended once a tensor's bytes are
+    written; on resume each listed tensor is re-read and kept only if its CRC-32 still matches.
+    Copied tensors are not listed: copying again costs no more than checking.
+    """
+
+    FILENAME = ".mergesmith-progress.jsonl"
+
+    def __init__(self, folder: Path, merge_id: str, seed: int | None, *, resume: bool) -> None:
+        """`seed`: the one asked for, or None to draw one (or take the interrupted merge's)."""
+        self.path = folder / self.FILENAME
+        self.done: dict[str, int] = {}
+        header = self._read(merge_id, seed) if resume and self.path.exists() else None
+        self.resumed = header is not None
+        self.seed: int = header["seed"] if header else (seed if seed is not None else secrets.randbits(32))
+        self.lock = threading.Lock()
+        self.file = open(self.path, "a" if self.resumed else "w", encoding="utf-8")  # noqa: SIM115 (see close)
+        if not self.resumed:
+            self.file.write(json.dumps({"merge": merge_id, "seed": self.seed}) + "\n")
+            self.file.flush()
+
+    def _read(self, merge_id: str, seed: int | None) -> dict | None:
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0])
+        except (ValueError, IndexError):
+            return None
+        if not isinstance(header, dict) or header.get("merge") != merge_id or not isinstance(header.get("seed"), int):
+            log.warning(
+                "%s: the interrupted merge differs from this one (recipe, inputs or options); starting over",
+                self.path.parent,
+            )
+            return None
+        if seed is not None and header["seed"] != seed:
+            log.warning(
+                "%s: the interrupted merge used --random-seed %d; starting over", self.path.parent, header["seed"]
+            )
+            return None
+        for line in lines[1:]:
+            try:
+                record = json.loads(line)
+                self.done[str(record["tensor"])] = int(record["crc32"])
+            except (ValueError, KeyError, TypeError):
+                break  # a line torn by the kill: what follows it was never written
+        return header
+
+    def verified(self, writer: ShardWriter) -> set[str]:
+        """The listed tensors whose bytes in the shards still match their checksum."""
+        return {
+            name for name, crc in self.done.items() if name in writer.layout.slots and writer.crc_on_disk(name) == crc
+        }
+
+    def record(self, name: str, crc: int) -> None:
+        with self.lock:
+            self.file.write(json.dumps({"tensor": name, "crc32": crc}) + "\n")
+            self.file.flush()  # to the kernel: survives the process being killed
+
+    def close(self, *, keep: bool = False) -> None:
+        self.file.close()
+        if not keep:
+            self.path.unlink(missing_ok=True)
 
 
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -284,18 +372,28 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
         )
 
 
+def partial_folder(out: Path) -> Path:
+    """Where a merge into `out` is built: left behind only if the process is killed (--resume)."""
+    return out.parent / f".{out.name}.partial"
+
+
 @contextmanager
-def staging_folder(out: Path, *, overwrite: bool, needed_bytes: int = 0) -> Iterator[Path]:
+def staging_folder(out: Path, *, overwrite: bool, needed_bytes: int = 0, resume: bool = False) -> Iterator[Path]:
     """A temporary folder beside `out`, renamed to `out` when the block ends without error.
 
     `out` and the free space for `needed_bytes` are checked first. On any exception
-    (KeyboardInterrupt included) the temporary folder is removed and `out` is left exactly as it was.
+    (KeyboardInterrupt included) the temporary folder is removed and `out` is left exactly as it was;
+    only a killed process leaves it, and `resume` then builds on it.
     """
     check_output_folder(out, overwrite=overwrite)
-    check_free_space(out.parent, needed_bytes)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = partial_folder(out)
+    if staging.exists() and not resume:
+        log.warning("%s: removing an interrupted merge's files (--resume continues one instead)", staging)
+        shutil.rmtree(staging)
+    if not staging.exists():
+        check_free_space(out.parent, needed_bytes)
     try:
-        staging.mkdir()
+        staging.mkdir(exist_ok=True)
     except OSError as err:
         raise OutputError(f"{out.parent}: cannot create the output there ({err.strerror or err})") from None
     try:

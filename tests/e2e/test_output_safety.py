@@ -23,7 +23,7 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if ".partial" in p.name or ".old-" in p.name)
 
 
 def test_existing_output_is_refused_and_untouched(tmp_path, make_model, recipe):

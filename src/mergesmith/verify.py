@@ -1,0 +1,160 @@
+"""Check a model folder: the index against the shards, every header, every tensor's bytes (read
+and checked for NaN/Inf), the config against the tensors, and, given a plan, the folder against it.
+
+Problems are collected, not raised one at a time: a report lists all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergesmith.checkpoints.layers import find_layers
+from mergesmith.checkpoints.names import CONFIG, LAYER_COUNT_KEYS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, is_head
+from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header, read_range
+from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
+from mergesmith.errors import CheckpointError
+from mergesmith.plan import Plan
+
+_PIECE_BYTES = 64 * 2**20  # tensors are read and checked in pieces of this size
+
+
+@dataclass
+class VerifyReport:
+    folder: Path
+    tensors: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_folder(folder: Path, plan: Plan | None = None) -> VerifyReport:
+    report = VerifyReport(folder)
+    infos = _tensor_infos(folder, report)
+    for info in infos.values():
+        _check_values(info, report)
+    report.tensors = len(infos)
+    if (folder / CONFIG).is_file():
+        _check_config(folder, infos, report)
+    else:
+        report.problems.append(f"{CONFIG}: missing")
+    if plan is not None:
+        _check_against_plan(plan, infos, report)
+    return report
+
+
+def _tensor_infos(folder: Path, report: VerifyReport) -> dict[str, TensorInfo]:
+    """Every tensor of the folder's safetensors weights, with the index checked against the shards."""
+    index_path = folder / SAFETENSORS_INDEX
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    expected: dict[str, str] | None = None
+    if index_path.is_file():
+        try:
+            expected = {str(k): str(v) for k, v in json.loads(index_path.read_text("utf-8"))["weight_map"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            report.problems.append(f"{SAFETENSORS_INDEX}: unreadable ({err})")
+        if expected is not None:
+            for shard in sorted(set(expected.values()) - set(shards)):
+                report.problems.append(f"{SAFETENSORS_INDEX}: names shard {shard}, which is missing")
+            for shard in sorted(set(shards) - set(expected.values())):
+                report.problems.append(f"{shard}: not in {SAFETENSORS_INDEX}")
+    elif len(shards) > 1 or (shards and shards != [SAFETENSORS_SINGLE]):
+        report.problems.append(f"{SAFETENSORS_INDEX}: missing, but the weights are split into {', '.join(shards)}")
+    if not shards:
+        report.problems.append("no safetensors weights in the folder")
+    infos: dict[str, TensorInfo] = {}
+    for shard in shards:
+        try:
+            header = read_header(folder / shard)
+        except CheckpointError as err:
+            report.problems.append(f"{shard}: {err.message}")
+            continue
+        for name, info in header.items():
+            if name in infos:
+                report.problems.append(f"{name}: in both {infos[name].path.name} and {shard}")
+            infos[name] = info
+            if expected is not None and expected.get(name) != shard:
+                where = expected.get(name)
+                report.problems.append(
+                    f"{name}: in {shard}, but {SAFETENSORS_INDEX} " + (f"says {where}" if where else "lacks it")
+                )
+    for name, shard in sorted((expected or {}).items()):
+        if name not in infos and (folder / shard).is_file():
+            report.problems.append(f"{name}: {SAFETENSORS_INDEX} puts it in {shard}, which lacks it")
+    return infos
+
+
+def _check_values(info: TensorInfo, report: VerifyReport) -> None:
+    """Read every byte; count NaN and Inf in floating tensors."""
+    import torch
+
+    nan = inf = 0
+    try:
+        for piece in _pieces(info):
+            report.bytes_read += len(piece)
+            if info.dtype in FLOATING and len(piece):
+                values = tensor_from_bytes(piece, info.dtype)
+                nan += int(torch.isnan(values).sum())
+                inf += int(torch.isinf(values).sum())
+    except CheckpointError as err:
+        report.problems.append(f"{info.name}: unreadable ({err.message})")
+        return
+    if nan or inf:
+        report.problems.append(f"{info.name}: {nan} NaN and {inf} Inf values of {_count(info)}")
+
+
+def _pieces(info: TensorInfo) -> Iterator[bytearray]:
+    size = element_size(info.dtype)
+    step = max(size, _PIECE_BYTES // size * size)
+    for offset in range(0, info.nbytes, step):
+        yield read_range(info, offset, min(step, info.nbytes - offset))
+
+
+def _count(info: TensorInfo) -> int:
+    return info.nbytes // element_size(info.dtype)
+
+
+def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyReport) -> None:
+    try:
+        config = json.loads((folder / CONFIG).read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        report.problems.append(f"{CONFIG}: unreadable ({err})")
+        return
+    parts = [config, *(v for k, v in config.items() if k == "text_config" and isinstance(v, dict))]
+    layout = find_layers(infos)
+    for part in parts:
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(part.get(key), int) and part[key] != layout.count:
+                report.problems.append(f"{CONFIG}: {key} is {part[key]}, the weights have {layout.count} layers")
+    for i, rests in enumerate(layout.layer_tensors):
+        if not rests:
+            report.problems.append(f"layer {i}: no tensors (layers are numbered 0-{layout.count - 1})")
+    embeddings = [n for n in layout.pre_layer if "embed_tokens" in n or "wte" in n or "word_embeddings" in n]
+    rows = infos[embeddings[0]].shape[0] if embeddings and infos[embeddings[0]].shape else None
+    vocab = next((p["vocab_size"] for p in reversed(parts) if isinstance(p.get("vocab_size"), int)), None)
+    if rows is not None and vocab is not None and rows != vocab:
+        report.problems.append(f"{CONFIG}: vocab_size is {vocab}, {embeddings[0]} has {rows} rows")
+    has_head = any(is_head(n) for n in infos)
+    tied = config.get("tie_word_embeddings")
+    if tied is True and has_head:
+        report.problems.append(f"{CONFIG}: tie_word_embeddings is true, but the weights hold an lm_head")
+    if tied is False and not has_head and embeddings:
+        report.problems.append(f"{CONFIG}: tie_word_embeddings is false, but the weights hold no lm_head")
+
+
+def _check_against_plan(plan: Plan, infos: dict[str, TensorInfo], report: VerifyReport) -> None:
+    planned = {e.output: e for e in plan.entries}
+    for name in sorted(set(planned) - set(infos)):
+        report.problems.append(f"{name}: the recipe's plan has it, the folder does not")
+    for name in sorted(set(infos) - set(planned)):
+        report.problems.append(f"{name}: in the folder, not in the recipe's plan")
+    for name in sorted(set(planned) & set(infos)):
+        entry, info = planned[name], infos[name]
+        if (entry.dtype, tuple(entry.shape)) != (info.dtype, info.shape):
+            planned_as, found = f"{entry.dtype} {list(entry.shape)}", f"{info.dtype} {list(info.shape)}"
+            report.problems.append(f"{name}: the plan says {planned_as}, the folder has {found}")

@@ -1,0 +1,115 @@
+"""SIGKILL at any moment leaves OUT absent or complete; --resume then finishes it, bit-identical to
+a merge that was never interrupted."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mergesmith.api import merge
+from mergesmith.execute import MergeOptions
+from mergesmith.synthetic import llama_style_tensors, mistral_config, write_synthetic_model
+from mergesmith.write import Journal, partial_folder
+
+RECIPE = """models:
+  - {model: ft1, parameters: {weight: 0.6, density: 0.5}}
+  - {model: ft2, parameters: {weight: 0.4, density: 0.5}}
+base_model: base
+merge_method: dare_ties
+dtype: bfloat16
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    # big enough that a merge spends a few seconds writing (about 50 MB per model)
+    folder = tmp_path_factory.mktemp("kill-models")
+    config = mistral_config(layers=8, hidden=512, intermediate=1536, heads=8, kv_heads=2, vocab=1024)
+    return {
+        name: write_synthetic_model(folder / name, config, llama_style_tensors(config), seed=i)
+        for i, name in enumerate(("base", "ft1", "ft2"))
+    }
+
+
+def digests(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".json")}
+
+
+def start(recipe: Path, out: Path, models: dict[str, Path], *extra: str) -> subprocess.Popen:
+    paths = [arg for name, folder in models.items() for arg in ("--model-path", f"{name}={folder}")]
+    command = [sys.executable, "-m", "mergesmith.cli", *extra, "merge", str(recipe), str(out), "--resume"]
+    command += ["--workers", "1", "--random-seed", "11", *paths]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def journal_lines(out: Path) -> int:
+    path = partial_folder(out) / Journal.FILENAME
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def test_sigkill_anywhere_leaves_out_absent_or_complete_and_resume_is_exact(models, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    reference = tmp_path / "reference"
+    merge(recipe, reference, model_paths=models, options=MergeOptions(random_seed=11, workers=1))
+    expected = digests(reference)
+    out = tmp_path / "out"
+    rng = random.Random(1)
+    kills = finished = 0
+    while kills < 20:
+        process = start(recipe, out, models, "-q")
+        time.sleep(rng.uniform(0.5, 5.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        _, err = process.communicate()
+        if process.returncode == 0:
+            finished += 1
+        else:
+            assert process.returncode == -signal.SIGKILL, err
+        if out.exists():  # the merge got to the end before the kill: it must be whole
+            assert digests(out) == expected
+            shutil.rmtree(out)
+        assert not (tmp_path / "out.tmp").exists()
+
+    # a kill once some tensors are written, then --resume: it keeps them and finishes exactly
+    process = start(recipe, out, models, "-q")
+    deadline = time.monotonic() + 60
+    while journal_lines(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists() and journal_lines(out) >= 3
+    result = start(recipe, out, models, "-v")
+    _, err = result.communicate(timeout=120)
+    assert result.returncode == 0, err
+    kept = int(err.split("resuming: ")[1].split(" of ")[0])
+    assert kept >= 3
+    assert digests(out) == expected and not partial_folder(out).exists()
+
+
+def test_a_changed_recipe_does_not_resume_the_old_merge(models, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    process = start(recipe, out, models, "-q")
+    deadline = time.monotonic() + 60
+    while journal_lines(out) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    recipe.write_text(RECIPE.replace("weight: 0.6", "weight: 0.7"))
+    changed = tmp_path / "changed"
+    merge(recipe, changed, model_paths=models, options=MergeOptions(random_seed=11, workers=1))
+    result = start(recipe, out, models, "-v")
+    _, err = result.communicate(timeout=120)
+    assert result.returncode == 0, err
+    assert "the interrupted merge differs from this one" in err and "resuming: 0 of" in err
+    assert digests(out) == digests(changed)
