@@ -14,7 +14,7 @@ from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
 
-def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None) -> Plan:
+def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None, allow_crimes: bool = False) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
 
     Example:
@@ -22,7 +22,7 @@ def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None)
         >>> len(p.entries)
     """
     loaded = _loaded(recipe)
-    return plan_merge(loaded, open_checkpoints(loaded.recipe.models_to_open(), model_paths))
+    return plan_merge(loaded, open_checkpoints(loaded.recipe.models_to_open(), model_paths), allow_crimes=allow_crimes)
 
 
 def merge(
@@ -31,6 +31,7 @@ def merge(
     *,
     model_paths: Mapping[str, Path] | None = None,
     options: MergeOptions | None = None,
+    allow_crimes: bool = False,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
 
@@ -43,7 +44,8 @@ def merge(
 
     check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
-    return run_plan(plan_merge(loaded, checkpoints), checkpoints, out, options or MergeOptions())
+    planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes)
+    return run_plan(planned, checkpoints, out, options or MergeOptions())
 
 
 def recipe_from_hub_card(model_id: str) -> LoadedRecipe:

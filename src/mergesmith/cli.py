@@ -98,6 +98,7 @@ from_card_option = click.option(
     help="Largest shard, in bytes (500M, 5G, 2GiB).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option("--allow-crimes", is_flag=True, help="Merge models of different architectures (follows the first).")
 @click.option(
     "--resume",
     is_flag=True,
@@ -127,6 +128,7 @@ def merge(
     model_paths: dict,
     out_shard_size: int,
     overwrite: bool,
+    allow_crimes: bool,
     resume: bool,
     workers: int | None,
     max_memory: int,
@@ -157,7 +159,7 @@ def merge(
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
     out = paths[-1]
     recipe = _read_recipe(paths[0] if not from_card else None, from_card, quiet=ctx.obj["quiet"])
-    report = run_merge(recipe, out, model_paths=model_paths, options=options)
+    report = run_merge(recipe, out, model_paths=model_paths, options=options, allow_crimes=allow_crimes)
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
     elif not ctx.obj["quiet"]:

@@ -92,11 +92,14 @@ class _SliceSpec:
     base: str | None  # the slice's base_model, else the recipe's
 
 
-def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint]) -> Plan:
-    """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint)."""
+def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, allow_crimes: bool = False) -> Plan:
+    """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint).
+    `allow_crimes` (mergekit's name) lets models of different architectures be merged."""
     recipe = loaded.recipe
     spec, _ = get_method(recipe.merge_method)
     _check_unsupported(recipe)
+    if not allow_crimes:
+        _check_architectures(recipe.referenced_models(), checkpoints)
     load_dtype = dtype_code_from_recipe(recipe.dtype, key="dtype") if recipe.dtype else None
     out_dtype = dtype_code_from_recipe(recipe.out_dtype, key="out_dtype") if recipe.out_dtype else None
     slices = _normalise(recipe, checkpoints)
@@ -411,6 +414,18 @@ def _check_parameter_names(level: Level, spec: MethodSpec) -> None:
                 f"{level.path}.{name}: {name!r} is a method-wide parameter and cannot be set per model",
                 hint="move it to the slice's or the top-level parameters",
             )
+
+
+def _check_architectures(models: list[str], checkpoints: Mapping[str, Checkpoint]) -> None:
+    """One architecture per merge, as mergekit requires: the plan follows the first model's
+    tensors, and another architecture's extra tensors (Qwen3's q_norm, say) would be dropped."""
+    found = {m: (checkpoints[m].config.get("architectures") or [None])[0] for m in models}
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{m}: {a}" for m, a in found.items())
+        raise PlanError(
+            f"the models have different architectures ({listed})",
+            hint="merge models of one architecture; --allow-crimes merges them anyway, following the first model",
+        )
 
 
 def _check_unsupported(recipe: Recipe) -> None:

@@ -390,13 +390,14 @@ def staging_folder(out: Path, *, overwrite: bool, needed_bytes: int = 0, resume:
     if staging.exists() and not resume:
         log.warning("%s: removing an interrupted merge's files (--resume continues one instead)", staging)
         shutil.rmtree(staging)
-    if not staging.exists():
-        check_free_space(out.parent, needed_bytes)
+    fresh = not staging.exists()
     try:
         staging.mkdir(exist_ok=True)
     except OSError as err:
         raise OutputError(f"{out.parent}: cannot create the output there ({err.strerror or err})") from None
     try:
+        if fresh:
+            check_free_space(out.parent, needed_bytes)
         yield staging
         _swap_into_place(staging, out)
     except BaseException:

@@ -140,7 +140,13 @@ class Checkpoint:
 
         try:
             # weights_only: a pickle can run code on load; this refuses anything but tensors.
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # mmap keeps memory low, but only zip-format files (torch >= 1.6) can be mapped.
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise CheckpointError(f"model {self.ref.text!r}: cannot load {filename} safely ({err})") from None
         self._bin_state[filename] = state

@@ -47,6 +47,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                     hint="the file is truncated or not safetensors; download it again",
                 )
             raw = fh.read(header_len)
+    except CheckpointError:
+        raise
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
@@ -56,11 +58,17 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_start = 8 + header_len
-    return {
+    infos = {
         name: _tensor_info(path, name, entry, data_start, size)
         for name, entry in header.items()
         if name != "__metadata__"
     }
+    # Tensors must not share bytes: a crafted header could make one write show through another.
+    spans = sorted((i.start, i.start + i.nbytes, i.name) for i in infos.values() if i.nbytes)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensors {first} and {second} overlap)")
+    return infos
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_size: int) -> TensorInfo:
