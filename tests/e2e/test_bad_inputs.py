@@ -190,7 +190,7 @@ CASES: list[Case] = [
     Case(
         "pickle-code",
         SLICE,
-        ("model 'a'", "cannot load pytorch_model.bin safely", "Unsupported global"),
+        ("model 'a'", "pytorch_model.bin holds more than tensors (Unsupported global: GLOBAL print)", "refused"),
         models={"a": "pickle"},
     ),
     # --- the output folder

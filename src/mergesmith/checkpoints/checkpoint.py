@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -148,6 +149,13 @@ class Checkpoint:
                     raise
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
+            found = re.search(r"Unsupported global: GLOBAL [^ ]+", str(err))
+            if found:  # torch's own message goes on to suggest turning the protection off
+                raise CheckpointError(
+                    f"model {self.ref.text!r}: {filename} holds more than tensors ({found[0]}); "
+                    "loading it could run code, so it is refused",
+                    hint="convert it to safetensors where you trust it, or use the model's safetensors release",
+                ) from None
             raise CheckpointError(f"model {self.ref.text!r}: cannot load {filename} safely ({err})") from None
         self._bin_state[filename] = state
         return {
