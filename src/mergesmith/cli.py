@@ -140,7 +140,6 @@ def merge(
 
     RECIPE is a YAML recipe, or a model card (Markdown) holding one; with --from-card ID, give OUT alone.
     """
-    _import_torch_in_background()
     from mergesmith.api import merge as run_merge
     from mergesmith.execute import MergeOptions
 
@@ -441,14 +440,6 @@ def demo(ctx: click.Context, keep: Path | None) -> None:
             f"check: {check.layers} layers, {check.tensors} tensors: {check.scaled} scaled by the recipe's "
             f"1.5-4.0 ramp, {check.copied} copied byte for byte, all equal to an independent computation"
         )
-
-
-def _import_torch_in_background() -> None:
-    """torch takes seconds to import; planning and plain copies need none of it, so start now."""
-    import importlib
-    import threading
-
-    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True, name="import-torch").start()
 
 
 def _echo_summary(report) -> None:

@@ -69,6 +69,8 @@ def run_plan(
         options = dataclasses.replace(options, device=device)
     is_random = get_method(plan.method)[0].is_random
     started = time.perf_counter()
+    if any(needs_torch(e) for e in plan.entries):
+        import_torch_in_background()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
     needed = sum(layout.sizes)
@@ -107,6 +109,14 @@ def run_plan(
     return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
 
 
+def import_torch_in_background() -> None:
+    """torch takes seconds to import; copies (and numpy-scaled tensors) need none of it, so they
+    run while it loads. A merge that needs no torch never imports it."""
+    import importlib
+
+    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True, name="import-torch").start()
+
+
 def merge_id(plan: Plan, layout, checkpoints: Mapping[str, Checkpoint]) -> str:
     """What an interrupted merge must share with this one to be resumed: the plan, the shard
     layout, and the input files (path, size, modification time)."""
@@ -126,9 +136,9 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
     entry writes its own byte range of its shard, so workers never touch the same bytes. A failure
     stops new work; the entries already running finish, then the error propagates.
     """
-    # Copies first: they need no torch, so they run while torch is still being imported (the CLI
-    # starts that import in the background), and their I/O overlaps the computed entries' later.
-    entries = tuple(sorted(entries, key=lambda e: not is_plain_copy(e)))
+    # What needs no torch first (copies, numpy-scaled tensors): it runs while torch is still being
+    # imported in the background, and its I/O overlaps the computed entries' later.
+    entries = tuple(sorted(entries, key=needs_torch))
     if options.workers <= 1:
         for entry in entries:
             run(entry)
@@ -142,7 +152,7 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
             for entry in entries:
                 cost = memory_cost(entry, options.chunk_bytes)
                 budget.acquire(cost)
-                task = run if is_plain_copy(entry) else threads.wrap(run)
+                task = threads.wrap(run) if needs_torch(entry) else run
                 future = pool.submit(task, entry)
                 future.add_done_callback(_finisher(budget, bar, cost, entry.nbytes))
                 pending.add(future)
@@ -158,6 +168,23 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
             raise
         finally:
             threads.restore()
+
+
+def scales_without_torch(entry: PlanEntry) -> bool:
+    """Passthrough with a scale and no cast: numpy scales the raw bytes (methods/passthrough.py)."""
+    from mergesmith.methods.passthrough import RAW_SCALABLE
+
+    return (
+        entry.method == "passthrough"
+        and not entry.vocabulary
+        and entry.dtype == entry.stored_dtype == entry.compute_dtype
+        and entry.dtype in RAW_SCALABLE
+        and dict(entry.params)["scale"] != (None,)
+    )
+
+
+def needs_torch(entry: PlanEntry) -> bool:
+    return not (is_plain_copy(entry) or scales_without_torch(entry))
 
 
 def is_plain_copy(entry: PlanEntry) -> bool:
@@ -252,6 +279,16 @@ def _run_entry(
         return
     if is_plain_copy(entry) and infos[0].start >= 0:
         writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
+        return
+    if scales_without_torch(entry) and infos[0].dtype == entry.dtype:
+        from mergesmith.methods.passthrough import scale_raw
+
+        (factor,) = params["scale"]
+        size = element_size(entry.dtype)
+        step = max(size, options.chunk_bytes // size * size)
+        for offset in range(0, entry.nbytes, step):
+            data = readers[0].read_bytes(entry.sources[0].tensor, offset, min(step, entry.nbytes - offset))
+            writer.write(entry.output, offset, scale_raw(data, entry.dtype, factor))
         return
     device = "cpu" if spec.elementwise or entry.vocabulary else options.device
     if spec.is_random:

@@ -156,3 +156,55 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(capsys, recipe, make_model, 
     assert code == 1 and "--device tpu: expected cpu, cuda, cuda:N or auto" in err
     code, _, _ = run_main(capsys, "merge", str(recipe), str(out), "--model-path", f"org/m={model}", "--device", "auto")
     assert code == 0 and (out / "config.json").exists()
+
+
+def test_a_scaling_passthrough_merge_never_imports_torch(tmp_path, make_model):
+    """Copies and scaled bf16 tensors need only numpy: the seed recipe's kind of merge skips
+    torch's seconds-long import, and writes the same bytes (tests/golden/seed_passthrough)."""
+    model = make_model(layers=2)
+    recipe = tmp_path / "scale.yaml"
+    recipe.write_text(
+        "slices:\n- sources: [{model: org/m, layer_range: [0, 2]}]\nmerge_method: passthrough\n"
+        "parameters:\n  scale:\n    - filter: o_proj\n      value: [1.5, 4.0]\n    - value: 1.0\n"
+    )
+    probe = (
+        "import sys\nfrom mergesmith.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', code, file=sys.stderr)\n"
+    )
+    args = ["-q", "merge", str(recipe), str(tmp_path / "out"), "--model-path", f"org/m={model}"]
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+    assert result.stderr.strip().endswith("no torch 0"), result.stderr
+
+    import torch
+    from safetensors.torch import load_file
+
+    merged, source = load_file(tmp_path / "out" / "model.safetensors"), load_file(model / "model.safetensors")
+    name = "model.layers.1.self_attn.o_proj.weight"  # t = 1: scale 4.0
+    assert torch.equal(merged[name], source[name] * 4.0)
+    assert torch.equal(
+        merged["model.layers.1.mlp.down_proj.weight"], source["model.layers.1.mlp.down_proj.weight"] * 1.0
+    )
+
+
+def test_raw_scaling_matches_torch_bit_for_bit():
+    import torch
+
+    from mergesmith.methods.passthrough import scale_raw
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(200_000, generator=generator) * torch.exp(torch.randn(200_000, generator=generator) * 15)
+    values[:6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-40])
+    for dtype, code in ((torch.bfloat16, "BF16"), (torch.float16, "F16"), (torch.float32, "F32")):
+        x = values.to(dtype)
+        for factor in (1.5, 1.8333333333333333, 4.0, 0.1, 3e38):
+            expected = x * factor
+            actual = torch.frombuffer(
+                bytearray(scale_raw(x.view(torch.uint8).numpy().tobytes(), code, factor)), dtype=dtype
+            )
+            # every number bit for bit; a NaN stays NaN (torch itself writes NaN's bits two ways,
+            # 0x7FC0 or 0xFFFF in bfloat16, depending on which of its loops met it)
+            number = ~expected.isnan()
+            bits = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
+            assert torch.equal(actual.view(bits)[number], expected.view(bits)[number]), (code, factor)
+            assert actual[~number].isnan().all(), (code, factor)
