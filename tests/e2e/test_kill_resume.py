@@ -54,6 +54,16 @@ def journal_lines(out: Path) -> int:
     return len(path.read_text().splitlines()) - 1 if path.exists() else 0
 
 
+def kill_once_written(recipe: Path, out: Path, models: dict[str, Path], *, tensors: int) -> None:
+    """Start a merge and SIGKILL it once its journal lists `tensors` computed tensors."""
+    process = start(recipe, out, models, "-q")
+    deadline = time.monotonic() + 60
+    while journal_lines(out) < tensors and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_sigkill_anywhere_leaves_out_absent_or_complete_and_resume_is_exact(models, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
@@ -77,15 +87,10 @@ def test_sigkill_anywhere_leaves_out_absent_or_complete_and_resume_is_exact(mode
         if out.exists():  # the merge got to the end before the kill: it must be whole
             assert digests(out) == expected
             shutil.rmtree(out)
-        assert not (tmp_path / "out.tmp").exists()
+        assert {p.name for p in tmp_path.iterdir()} <= {"recipe.yaml", "reference", "out", ".out.partial"}
 
     # a kill once some tensors are written, then --resume: it keeps them and finishes exactly
-    process = start(recipe, out, models, "-q")
-    deadline = time.monotonic() + 60
-    while journal_lines(out) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_written(recipe, out, models, tensors=3)
     assert not out.exists() and journal_lines(out) >= 3
     result = start(recipe, out, models, "-v")
     _, err = result.communicate(timeout=120)
@@ -99,12 +104,7 @@ def test_a_changed_recipe_does_not_resume_the_old_merge(models, tmp_path: Path) 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    process = start(recipe, out, models, "-q")
-    deadline = time.monotonic() + 60
-    while journal_lines(out) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_written(recipe, out, models, tensors=2)
     recipe.write_text(RECIPE.replace("weight: 0.6", "weight: 0.7"))
     changed = tmp_path / "changed"
     merge(recipe, changed, model_paths=models, options=MergeOptions(random_seed=11, workers=1))
