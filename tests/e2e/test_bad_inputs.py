@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from factory import build_model
+from mergesmith.checkpoints import Checkpoint
 from mergesmith.cli import main
 
 TIES = (
@@ -30,6 +31,7 @@ class Case:
     models: dict[str, str] = field(default_factory=lambda: {"a": "a", "b": "b"})  # recipe name -> fixture model
     args: tuple[str, ...] = ()  # extra command-line arguments
     prepare: Callable[[Path, Path], None] | None = None  # (tmp_path, out) -> None, before the run
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # the machine's state: disk, keyboard
 
 
 def damage_copy(models: dict[str, Path], tmp: Path, name: str, target: str, change: Callable[[Path], None]) -> Path:
@@ -203,6 +205,21 @@ CASES: list[Case] = [
     Case("out-is-file", SLICE, ("exists and is not a folder",), prepare=lambda tmp, out: out.write_text("keep")),
     Case("out-parent-missing", SLICE, ("parent folder does not exist",), args=("--out-parent", "missing")),
     Case("out-not-writable", SLICE, ("cannot create the output there",), args=("--out-parent", "/proc")),
+    Case(
+        "disk-full",
+        SLICE,
+        ("GB needed for the merged model, 0.00 GB free", "free some space"),
+        patch=lambda m: m.setattr(
+            shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000)
+        ),
+    ),
+    Case(
+        "ctrl-c",
+        SLICE.replace("layer_range: [0, 4]}", "layer_range: [0, 4], parameters: {scale: 2.0}}"),
+        ("interrupted", "left as it was"),
+        code=130,
+        patch=lambda m: m.setattr(Checkpoint, "read_bytes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())),
+    ),
     # --- the command line (usage errors: exit 2)
     Case("bad-shard-size", SLICE, ("is not a size",), code=2, args=("--out-shard-size", "lots")),
     Case("bad-model-path", SLICE, ("NAME=DIR",), code=2, args=("--model-path", "just-a-path")),
@@ -310,7 +327,7 @@ def fixture_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, fixture_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_bad_input(case: Case, fixture_models: dict[str, Path], tmp_path: Path, capsys, monkeypatch) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(case.recipe or "")
     args = list(case.args)
@@ -323,6 +340,8 @@ def test_bad_input(case: Case, fixture_models: dict[str, Path], tmp_path: Path, 
     if case.prepare:
         case.prepare(tmp_path, out)
     before = sorted(p.name for p in tmp_path.rglob("*"))
+    if case.patch:
+        case.patch(monkeypatch)
     paths = [arg for name, model in case.models.items() for arg in ("--model-path", f"{name}={fixture_models[model]}")]
     with pytest.raises(SystemExit) as exit_info:
         main(["merge", str(recipe), str(out), *paths, *args])
