@@ -123,3 +123,11 @@ def test_a_literal_jinja_template_is_used_as_written(models, tmp_path: Path) -> 
     )
     out = merge(recipe, tmp_path / "out", model_paths=models).out
     assert (out / "chat_template.jinja").read_text() == template
+
+
+def test_the_example_recipe_plans(models, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "chat-union-ties.yaml"
+    paths = {"org/base": models["base"], "org/chat-finetune": models["chat"], "org/domain-finetune": models["reverse"]}
+    planned = plan(example, model_paths=paths)
+    assert planned.vocabulary is not None and planned.vocabulary.size == 128  # 66 tokens, padded to 64s
+    assert planned.config["vocab_size"] == 128 and planned.chat_template is not None
