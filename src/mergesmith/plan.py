@@ -7,39 +7,27 @@ shapes. A Plan is plain frozen data: print it, diff it, test it.
 
 from __future__ import annotations
 
-import copy
 import difflib
-import json
-import logging
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.checkpoints.names import (
-    DONOR_FILES,
-    GENERATION_FILES,
-    LAYER_COUNT_KEYS,
-    NESTED_CONFIG_KEYS,
-    PER_LAYER_KEYS,
-    TOKEN_ID_KEYS,
     is_head,
     is_vocabulary_tensor,
 )
 from mergesmith.checkpoints.safetensors_file import TensorInfo
-from mergesmith.checkpoints.tokenizer import Tokenizer, read_chat_template, read_tokenizer
-from mergesmith.dtypes import FLOATING, config_name, dtype_code_from_recipe, promote, tensor_nbytes
+from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
+from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.recipe import LoadedRecipe
 from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
-from mergesmith.templates import chat_template_text
 from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,12 +122,14 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, a
 
     donor = recipe.base_model or recipe.referenced_models()[0]
     entries = tuple(builder.entries)
-    config = _output_config(checkpoints[donor], entries, layer_sources, out_dtype or load_dtype)
+    config = metadata.output_config(
+        checkpoints[donor], any(is_head(e.output) for e in entries), layer_sources, out_dtype or load_dtype
+    )
     generation = None
     if vocabulary is not None:
-        remap = _token_id_remapper(tokenizers[donor], vocabulary)
-        _set_vocabulary_size(config, vocabulary, remap)
-        generation = _generation_config(checkpoints[donor], remap)
+        remap = metadata.token_id_remapper(tokenizers[donor], vocabulary)
+        metadata.set_vocabulary_size(config, vocabulary, remap)
+        generation = metadata.generation_config(checkpoints[donor], remap)
     models = tuple(recipe.referenced_models())
     return Plan(
         entries=entries,
@@ -149,10 +139,10 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, a
         hub_ids=tuple(m for m in models if checkpoints[m].ref.is_hub_id),
         donor=donor,
         base_model=recipe.base_model,
-        copied_files=_copied_files(donor, vocabulary, checkpoints),
+        copied_files=metadata.copied_files(donor, vocabulary, checkpoints),
         recipe_text=loaded.text,
         vocabulary=vocabulary,
-        chat_template=_chat_template(recipe.chat_template, models, checkpoints),
+        chat_template=metadata.chat_template(recipe.chat_template, models, checkpoints),
         generation_config=generation,
     )
 
@@ -435,88 +425,3 @@ def _check_unsupported(recipe: Recipe) -> None:
                 f"slices[{i}].residual_weight: not supported (mergekit 0.1.5 accepts it and ignores it)",
                 hint="remove the key",
             )
-
-
-def _output_config(
-    donor: Checkpoint, entries: tuple[PlanEntry, ...], layer_sources: list[int], dtype: str | None
-) -> dict[str, Any]:
-    config = copy.deepcopy(donor.config)
-    has_head = any(is_head(e.output) for e in entries)
-    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
-        for key in LAYER_COUNT_KEYS:
-            if isinstance(part.get(key), int):
-                part[key] = len(layer_sources)
-        for key in PER_LAYER_KEYS:
-            values = part.get(key)
-            if isinstance(values, list) and len(values) == donor.layout.count:
-                part[key] = [values[i] for i in layer_sources]
-        if "tie_word_embeddings" in part or part is config:
-            # Never claim a tie that the tensors contradict: no lm_head written means tied.
-            part["tie_word_embeddings"] = not has_head
-    if dtype:
-        for key in [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]:
-            config[key] = config_name(dtype)
-    return config
-
-
-def _copied_files(
-    donor: str, vocabulary: Vocabulary | None, checkpoints: Mapping[str, Checkpoint]
-) -> tuple[tuple[str, str], ...]:
-    """Tokenizer files come from the output vocabulary's source model (the donor without one);
-    generation settings from the donor. An edited tokenizer is written, not copied (write.py)."""
-    tokenizer_model = vocabulary.source if vocabulary is not None else donor
-    copied = []
-    for name in DONOR_FILES:
-        owner = donor if name in GENERATION_FILES else tokenizer_model
-        if checkpoints[owner].file_path(name) is not None:
-            copied.append((owner, name))
-    return tuple(copied)
-
-
-def _token_id_remapper(donor: Tokenizer, vocabulary: Vocabulary):
-    """Config token ids (eos_token_id, ...) refer to the donor's tokenizer: map them by token."""
-    by_id = {i: token for token, i in donor.vocab.items()}
-    ids = vocabulary.ids()
-
-    def remap(value: Any) -> Any:
-        if isinstance(value, list):  # eos lists: keep the tokens the output still has
-            return [new for v in value if (new := remap(v)) is not None]
-        if not isinstance(value, int) or value not in by_id:
-            return value
-        if by_id[value] not in ids:
-            log.warning("token %r (id %d) is not in the merged vocabulary; its setting is dropped", by_id[value], value)
-            return None
-        return ids[by_id[value]]
-
-    return remap
-
-
-def _set_vocabulary_size(config: dict[str, Any], vocabulary: Vocabulary, remap) -> None:
-    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
-        if "vocab_size" in part or part is config:
-            part["vocab_size"] = vocabulary.size
-        for key in TOKEN_ID_KEYS:
-            if part.get(key) is not None:
-                part[key] = remap(part[key])
-
-
-def _generation_config(donor: Checkpoint, remap) -> dict[str, Any] | None:
-    path = donor.file_path(GENERATION_FILES[0])
-    if path is None:
-        return None
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PlanError(f"model {donor.ref.text!r}: cannot read {path} ({err})") from None
-    for key in TOKEN_ID_KEYS:
-        if settings.get(key) is not None:
-            settings[key] = remap(settings[key])
-    return settings
-
-
-def _chat_template(choice: str | None, models: tuple[str, ...], checkpoints: Mapping[str, Checkpoint]) -> str | None:
-    if choice != "auto":
-        return chat_template_text(choice) if choice is not None else None
-    # mergekit: the template most of the inputs carry (the first seen among equals); none: keep the donor's
-    templates = [t.strip() for m in models if (t := read_chat_template(checkpoints[m]))]
-    return Counter(templates).most_common(1)[0][0] if templates else None
