@@ -49,6 +49,11 @@ def _parse_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return size
 
 
+def size_option(name: str, default: str, help: str):
+    """An option holding a size in bytes, written 500M, 5G, 2GiB or plain bytes."""
+    return click.option(name, default=default, show_default=True, callback=_parse_size, help=help)
+
+
 def _parse_model_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
     mapping = {}
     for value in values:
@@ -90,13 +95,7 @@ from_card_option = click.option(
 @click.argument("paths", nargs=-1, metavar="RECIPE OUT", type=click.Path(path_type=Path))
 @from_card_option
 @model_path_option
-@click.option(
-    "--out-shard-size",
-    default="5G",
-    show_default=True,
-    callback=_parse_size,
-    help="Largest shard, in bytes (500M, 5G, 2GiB).",
-)
+@size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--allow-crimes", is_flag=True, help="Merge models of different architectures (follows the first).")
 @click.option(
@@ -105,12 +104,8 @@ from_card_option = click.option(
     help="Continue a killed merge into OUT: keep the tensors it wrote whose checksums still match.",
 )
 @click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
-@click.option(
-    "--max-memory",
-    default="4G",
-    show_default=True,
-    callback=_parse_size,
-    help="Estimated bytes of tensors in flight across workers (one entry always runs, however large).",
+@size_option(
+    "--max-memory", "4G", "Estimated bytes of tensors in flight across workers (one entry always runs, however large)."
 )
 @click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
 @click.option(

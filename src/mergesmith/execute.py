@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mergesmith.card import model_card
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.safetensors_file import read_range
+from mergesmith.checkpoints.safetensors_file import read_into
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
@@ -124,7 +124,7 @@ def merge_id(plan: Plan, layout, checkpoints: Mapping[str, Checkpoint]) -> str:
     import json
 
     inputs = sorted({str(checkpoints[s.model].tensor_info(s.tensor).path) for e in plan.entries for s in e.sources})
-    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+    stats = [(p, st.st_size, st.st_mtime_ns) for p in inputs for st in [os.stat(p)]]
     identity = [dataclasses.asdict(e) for e in plan.entries], layout.filenames, [h.hex() for h in layout.headers], stats
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -280,7 +280,7 @@ def _run_entry(
     if is_plain_copy(entry) and infos[0].start >= 0:
         writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
         return
-    if scales_without_torch(entry) and infos[0].dtype == entry.dtype:
+    if scales_without_torch(entry):  # the plan made sure no cast is needed
         from mergesmith.methods.passthrough import scale_raw
 
         (factor,) = params["scale"]
@@ -335,7 +335,7 @@ def _read_to_device(checkpoint: Checkpoint, name: str, info, device: str):
 
     if info.start >= 0:
         pinned = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=True)  # cached by torch
-        read_range(info, into=memoryview(pinned.numpy()))  # type: ignore[arg-type]
+        read_into(info, memoryview(pinned.numpy()))  # type: ignore[arg-type]
         host = pinned.view(torch_dtype(info.dtype))
     else:
         host = _read_elements(checkpoint, name, info.dtype, 0, info.nbytes // element_size(info.dtype))

@@ -14,10 +14,7 @@ from typing import Any
 
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.names import (
-    is_head,
-    is_vocabulary_tensor,
-)
+from mergesmith.checkpoints.names import is_head, is_vocabulary_tensor
 from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
@@ -186,7 +183,8 @@ class _EntryBuilder:
         infos = [self._info(out_slice, output, src.model, name) for src, name in inputs]
         shape = infos[0].shape
         is_vocabulary = is_vocabulary_tensor(output) and len(shape) >= 1
-        if is_vocabulary and self.vocabulary is not None:
+        aligned = is_vocabulary and self.vocabulary is not None  # rows matched by token
+        if aligned:
             shape = self._vocabulary_shape(out_slice, output, [src.model for src, _ in inputs], infos)
         elif is_vocabulary and len({info.shape[0] for info in infos}) > 1:
             found = ", ".join(f"{src.model}: {info.shape[0]}" for (src, _), info in zip(inputs, infos))
@@ -196,7 +194,7 @@ class _EntryBuilder:
                 "so that rows are matched by token",
             )
         shapes = {info.shape for info in infos}
-        if len(shapes) > 1 and not (is_vocabulary and self.vocabulary is not None):
+        if len(shapes) > 1 and not aligned:
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
         stored = [info.dtype for info in infos]
@@ -220,7 +218,7 @@ class _EntryBuilder:
                 written,
                 compute,
                 stored[0],
-                vocabulary=is_vocabulary and self.vocabulary is not None,
+                vocabulary=aligned,
             )
         )
 

@@ -108,10 +108,8 @@ def build_vocabulary(
         # the base's own vocabulary is the stripped one, as mergekit reads it
         vocab = base_vocab if model == base else tokenizer.vocab
         rows[model] = tuple(r if (r := vocab.get(t, -1)) < tokenizer.rows else -1 for t in tokens)
-    vocabulary = Vocabulary(tuple(tokens), size, rows, {}, origin, dropped, tuple(appended))
     configured = {
-        vocabulary.ids()[token]: _configured_row(token, setting, vocabulary, tokenizers)
-        for token, setting in settings.items()
+        out[token]: _configured_row(token, setting, out[token], rows, tokenizers) for token, setting in settings.items()
     }
     return Vocabulary(tuple(tokens), size, rows, configured, origin, dropped, tuple(appended))
 
@@ -133,7 +131,11 @@ def _plain_added(token: str) -> dict[str, Any]:
 
 
 def _configured_row(
-    token: str, setting: TokenEmbedding, vocabulary: Vocabulary, tokenizers: Mapping[str, Tokenizer]
+    token: str,
+    setting: TokenEmbedding,
+    token_id: int,
+    rows: Mapping[str, tuple[int, ...]],
+    tokenizers: Mapping[str, Tokenizer],
 ) -> TokenRow:
     where = f"tokenizer.tokens[{token!r}].source"
     source = setting.source
@@ -157,7 +159,7 @@ def _configured_row(
         if not 0 <= row < tokenizer.rows:
             raise PlanError(f"{where}: token id {row} is outside model {model!r}'s {tokenizer.rows} rows")
         return TokenRow(model, row, setting.force)
-    row = vocabulary.rows[model][vocabulary.ids()[token]]
+    row = rows[model][token_id]
     if row < 0:
         raise PlanError(
             f"{where}: model {model!r} has no token {token!r} to take its row from",

@@ -301,13 +301,10 @@ def _tokenizer_files(plan: Plan, copied: dict[str, Path]) -> dict[str, str | Non
     if edited and TOKENIZER_JSON in copied:
         assert vocabulary is not None
         written[TOKENIZER_JSON] = _json(_edit_tokenizer_json(_read_json(copied[TOKENIZER_JSON]), vocabulary))
-        decoder = (tokenizer_config or {}).get("added_tokens_decoder") or {}
-        decoder = {k: v for k, v in decoder.items() if int(k) not in set(vocabulary.dropped)}
-        for entry in vocabulary.appended:
-            decoder[str(entry["id"])] = {k: v for k, v in entry.items() if k not in ("id", "content")} | {
-                "content": entry["content"]
-            }
         if tokenizer_config is not None and "added_tokens_decoder" in tokenizer_config:
+            dropped = set(vocabulary.dropped)
+            decoder = {k: v for k, v in tokenizer_config["added_tokens_decoder"].items() if int(k) not in dropped}
+            decoder.update({str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in vocabulary.appended})
             tokenizer_config["added_tokens_decoder"] = dict(sorted(decoder.items(), key=lambda kv: int(kv[0])))
         # the slow tokenizer's files describe the old vocabulary: transformers would prefer them
         written.update({name: None for name in LEGACY_TOKENIZER_FILES if name in copied})

@@ -101,22 +101,23 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, end - begin)
 
 
-def read_range(
-    info: TensorInfo, offset: int = 0, nbytes: int | None = None, *, into: memoryview | None = None
-) -> bytearray:
-    """Read `nbytes` of a tensor's data starting `offset` bytes into it (all of it by default),
-    into a new buffer, or into the start of the writable buffer `into` (pinned memory, say)."""
-    nbytes = info.nbytes - offset if nbytes is None else nbytes
-    buffer = bytearray(nbytes) if into is None else bytearray()
-    view = (memoryview(buffer) if into is None else into.cast("B"))[:nbytes]
+def read_range(info: TensorInfo, offset: int = 0, nbytes: int | None = None) -> bytearray:
+    """Read `nbytes` of a tensor's data starting `offset` bytes into it (all of it by default)."""
+    buffer = bytearray(info.nbytes - offset if nbytes is None else nbytes)
+    read_into(info, memoryview(buffer), offset)
+    return buffer
+
+
+def read_into(info: TensorInfo, view: memoryview, offset: int = 0) -> None:
+    """Fill the writable buffer `view` (pinned memory, say) with a tensor's data from `offset` on."""
+    view = view.cast("B")
     fd = os.open(info.path, os.O_RDONLY)
     try:
         done = 0
-        while done < nbytes:
+        while done < len(view):
             got = os.preadv(fd, [view[done:]], info.start + offset + done)
             if got == 0:
                 raise CheckpointError(f"{info.path}: tensor {info.name}: file ended early (truncated?)")
             done += got
     finally:
         os.close(fd)
-    return buffer
