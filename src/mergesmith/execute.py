@@ -90,12 +90,16 @@ def run_plan(
         try:
             with _progress(sum(e.nbytes for e in entries), options.progress) as bar:
 
-                def run(entry: PlanEntry) -> None:
-                    _run_entry(entry, plan, checkpoints, writer, options, seed)
-                    if entry.output in writer.crcs:  # computed, not copied
-                        journal.record(entry.output, writer.crcs[entry.output])
+                def run(task: Task) -> None:
+                    if len(task) > 1 or moves_raw_bytes(task[0]):
+                        _move_raw_bytes(task, checkpoints, writer, options.chunk_bytes)
+                    else:
+                        _run_entry(task[0], plan, checkpoints, writer, options, seed)
+                    for entry in task:
+                        if entry.output in writer.crcs:  # computed, not copied
+                            journal.record(entry.output, writer.crcs[entry.output])
 
-                _run_entries(entries, run, options, bar)
+                _run_tasks(group_tasks(entries), run, options, bar)
             ok = True
         finally:
             writer.close(sync=ok and options.sync)
@@ -129,32 +133,53 @@ def merge_id(plan: Plan, layout, checkpoints: Mapping[str, Checkpoint]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None], options: MergeOptions, bar) -> None:
-    """Run entries on a bounded pool of worker threads, with at most `max_memory_bytes` in flight.
+Task = tuple[PlanEntry, ...]  # what one worker runs: one entry, or entries that share their input
+
+
+def group_tasks(entries: tuple[PlanEntry, ...]) -> list[Task]:
+    """Entries that move or scale one tensor's raw bytes are grouped by that tensor, so that a
+    layer a recipe repeats (depth up-scaling, frankenmerges) is read once for all its copies;
+    every other entry is a task of its own. Tasks keep the order of their first entry."""
+    tasks: list[list[PlanEntry]] = []
+    by_source: dict[tuple[str, str], list[PlanEntry]] = {}
+    for entry in entries:
+        if not moves_raw_bytes(entry):
+            tasks.append([entry])
+            continue
+        key = (entry.sources[0].model, entry.sources[0].tensor)
+        if key in by_source:
+            by_source[key].append(entry)
+        else:
+            by_source[key] = [entry]
+            tasks.append(by_source[key])
+    return [tuple(task) for task in tasks]
+
+
+def _run_tasks(tasks: list[Task], run: Callable[[Task], None], options: MergeOptions, bar) -> None:
+    """Run tasks on a bounded pool of worker threads, with at most `max_memory_bytes` in flight.
 
     Reads, torch kernels and writes all release the GIL, so workers overlap I/O with compute. Each
     entry writes its own byte range of its shard, so workers never touch the same bytes. A failure
-    stops new work; the entries already running finish, then the error propagates.
+    stops new work; the tasks already running finish, then the error propagates.
     """
     # What needs no torch first (copies, numpy-scaled tensors): it runs while torch is still being
     # imported in the background, and its I/O overlaps the computed entries' later.
-    entries = tuple(sorted(entries, key=needs_torch))
+    tasks = sorted(tasks, key=lambda task: needs_torch(task[0]))
     if options.workers <= 1:
-        for entry in entries:
-            run(entry)
-            bar.update(entry.nbytes)
+        for task in tasks:
+            run(task)
+            bar.update(sum(e.nbytes for e in task))
         return
     budget = _Budget(options.max_memory_bytes)
     threads = _TorchThreads(max(1, (os.cpu_count() or 1) // options.workers))
     with ThreadPoolExecutor(options.workers) as pool:
         pending: set[Future] = set()
         try:
-            for entry in entries:
-                cost = memory_cost(entry, options.chunk_bytes)
+            for task in tasks:
+                cost = max(memory_cost(e, options.chunk_bytes) for e in task)
                 budget.acquire(cost)
-                task = threads.wrap(run) if needs_torch(entry) else run
-                future = pool.submit(task, entry)
-                future.add_done_callback(_finisher(budget, bar, cost, entry.nbytes))
+                future = pool.submit(threads.wrap(run) if needs_torch(task[0]) else run, task)
+                future.add_done_callback(_finisher(budget, bar, cost, sum(e.nbytes for e in task)))
                 pending.add(future)
                 done = {f for f in pending if f.done()}
                 for finished in done:
@@ -168,6 +193,36 @@ def _run_entries(entries: tuple[PlanEntry, ...], run: Callable[[PlanEntry], None
             raise
         finally:
             threads.restore()
+
+
+def moves_raw_bytes(entry: PlanEntry) -> bool:
+    """One input's bytes, copied unchanged or scaled by numpy: no decoding into torch tensors."""
+    return entry.compute_dtype is not None and len(entry.sources) == 1 and not needs_torch(entry)
+
+
+def _move_raw_bytes(task: Task, checkpoints: Mapping[str, Checkpoint], writer: ShardWriter, chunk_bytes: int) -> None:
+    """Copy (or scale) one input tensor into each of the task's outputs, reading it once.
+
+    Unscaled copies go file to file in the kernel (copy_file_range): the first from the input, the
+    others from the first's bytes in the output, which are in the page cache. With a scaled output
+    among them, the input streams through in pieces, each written to every output.
+    """
+    from mergesmith.methods.passthrough import scale_raw
+
+    checkpoint, tensor = checkpoints[task[0].sources[0].model], task[0].sources[0].tensor
+    info = checkpoint.tensor_info(tensor)
+    factors = [dict(entry.params)["scale"][0] for entry in task]
+    if info.start >= 0 and all(f is None for f in factors):
+        writer.copy_from(task[0].output, info.path, info.start, info.nbytes)
+        for entry in task[1:]:
+            writer.copy_within(entry.output, task[0].output)
+        return
+    size = element_size(info.dtype)
+    step = max(size, chunk_bytes // size * size)
+    for offset in range(0, info.nbytes, step):
+        data = checkpoint.read_bytes(tensor, offset, min(step, info.nbytes - offset))
+        for entry, factor in zip(task, factors):
+            writer.write(entry.output, offset, data if factor is None else scale_raw(data, entry.dtype, factor))
 
 
 def scales_without_torch(entry: PlanEntry) -> bool:
@@ -204,15 +259,15 @@ class _TorchThreads:
         self.before: int | None = None
         self.lock = threading.Lock()
 
-    def wrap(self, run: Callable[[PlanEntry], None]) -> Callable[[PlanEntry], None]:
-        def configured(entry: PlanEntry) -> None:
+    def wrap(self, run: Callable[[Task], None]) -> Callable[[Task], None]:
+        def configured(task: Task) -> None:
             with self.lock:
                 if self.before is None:
                     import torch
 
                     self.before = torch.get_num_threads()
                     torch.set_num_threads(self.count)
-            run(entry)
+            run(task)
 
         return configured
 
@@ -276,19 +331,6 @@ def _run_entry(
     infos = [c.tensor_info(s.tensor) for c, s in zip(readers, entry.sources)]
     if entry.compute_dtype is None:
         _copy_buffer(entry, readers, writer)
-        return
-    if is_plain_copy(entry) and infos[0].start >= 0:
-        writer.copy_from(entry.output, infos[0].path, infos[0].start, infos[0].nbytes)  # bytes move file to file
-        return
-    if scales_without_torch(entry):  # the plan made sure no cast is needed
-        from mergesmith.methods.passthrough import scale_raw
-
-        (factor,) = params["scale"]
-        size = element_size(entry.dtype)
-        step = max(size, options.chunk_bytes // size * size)
-        for offset in range(0, entry.nbytes, step):
-            data = readers[0].read_bytes(entry.sources[0].tensor, offset, min(step, entry.nbytes - offset))
-            writer.write(entry.output, offset, scale_raw(data, entry.dtype, factor))
         return
     device = "cpu" if spec.elementwise or entry.vocabulary else options.device
     if spec.is_random:

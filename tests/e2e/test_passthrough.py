@@ -67,6 +67,47 @@ def test_layers_are_renumbered_and_a_layer_can_repeat(tmp_path, make_model):
     assert json.loads((out_dir / "config.json").read_text())["num_hidden_layers"] == 4
 
 
+def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, monkeypatch):
+    """Depth up-scaling reads each input tensor once: layer 1 goes to three outputs (one scaled),
+    layer 2 to two; every byte of the input is read (or copied from the input) exactly once."""
+    from mergesmith.checkpoints import Checkpoint
+    from mergesmith.write import ShardWriter
+
+    src = make_model("m", layers=4)
+    recipe = (
+        "slices:\n- sources: [{model: m, layer_range: [0, 2]}]\n"
+        "- sources: [{model: m, layer_range: [1, 3], parameters: {scale: [{filter: o_proj, value: 2.0}]}}]\n"
+        "- sources: [{model: m, layer_range: [1, 3]}]\nmerge_method: passthrough\n"
+    )
+    header_bytes = (src / "model.safetensors").read_bytes()
+    length = int.from_bytes(header_bytes[:8], "little")
+    header = json.loads(header_bytes[8 : 8 + length])
+    name_at = {8 + length + v["data_offsets"][0]: k for k, v in header.items() if k != "__metadata__"}
+    read: dict[str, int] = {}  # input tensor -> bytes read from it, or copied from it in the kernel
+    read_bytes, copy_from = Checkpoint.read_bytes, ShardWriter.copy_from
+
+    def counting_read(self, name, offset=0, nbytes=None):
+        data = read_bytes(self, name, offset, nbytes)
+        read[name] = read.get(name, 0) + len(data)
+        return data
+
+    def counting_copy(self, name, source, start, nbytes):
+        read[name_at[start]] = read.get(name_at[start], 0) + nbytes
+        return copy_from(self, name, source, start, nbytes)
+
+    monkeypatch.setattr(Checkpoint, "read_bytes", counting_read)
+    monkeypatch.setattr(ShardWriter, "copy_from", counting_copy)
+    out, inp = tensors(run(tmp_path, recipe, {"m": src}, workers=2)), tensors(src)
+    for out_layer, src_layer in enumerate([0, 1, 1, 2, 1, 2]):
+        for name in ("mlp.down_proj.weight", "self_attn.q_proj.weight", "input_layernorm.weight"):
+            assert torch.equal(out[f"model.layers.{out_layer}.{name}"], inp[f"model.layers.{src_layer}.{name}"])
+        scaled = f"model.layers.{out_layer}.self_attn.o_proj.weight"
+        factor = 2.0 if out_layer in (2, 3) else 1.0
+        assert torch.equal(out[scaled], inp[f"model.layers.{src_layer}.self_attn.o_proj.weight"] * factor)
+    used = {name: t.numel() * t.element_size() for name, t in inp.items() if ".layers.3." not in name}
+    assert read == used
+
+
 def test_embeddings_from_the_first_slice_head_from_the_last(tmp_path, make_model):
     a, b = make_model("a", layers=2, seed=1), make_model("b", layers=2, seed=2)
     recipe = "slices:\n- sources: [{model: a, layer_range: [0, 1]}]\n- sources: [{model: b, layer_range: [1, 2]}]\nmerge_method: passthrough\n"
