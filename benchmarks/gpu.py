@@ -1,12 +1,18 @@
 """GPU machine benchmark (one NVIDIA GPU, no network): mergesmith vs `cp -r` + `sync` vs mergekit 0.1.5.
 
     python benchmarks/gpu.py --workdir /tmp/gpu-bench [--mergekit-yaml CMD] [--repeats 2] [--budget-s 300]
+                             [--baseline-src OLD/src]   # also time another mergesmith source tree
 
 Builds synthetic 48-layer models with their values drawn on the GPU (an 8 GB class model for the
 seed recipe; a base and three 2.6 GB models for `ties`), then times in one run, alternating: the
 seed recipe (mergesmith, cp, mergekit) and `ties` (mergesmith --device cuda, cp, mergekit --cuda).
 mergekit 0.1.5 must be importable (carried as wheels: see benchmarks/README.md). Prints markdown
 tables; with --json PATH also writes the figures there. Stops repeating once --budget-s is spent.
+
+Bytecode: the lent GPU machines set PYTHONDONTWRITEBYTECODE=1 and their torch has no __pycache__,
+so every process there compiles torch from source (about 5 s of each tool's time). An installed
+system has bytecode; to measure as it would, run under
+`env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=/tmp/pycache` after one warm-up import.
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ def for_mergekit(recipe: str, models: dict[str, Path]) -> str:
     return recipe
 
 
-def scenario_tools(name: str, work: Path, mergekit: str, gpu: str, workers: int | None) -> tuple[dict[str, str], float]:
+def scenario_tools(
+    name: str, work: Path, mergekit: str, gpu: str, workers: int | None, baseline: Path | None = None
+) -> tuple[dict[str, str], float]:
     if name == "seed":
         models = {SEED_MODEL: build(work / "seed-8g", "8g", 1, gpu)}
         recipe, device, cuda = seed_recipe_text(), "cpu", ""
@@ -69,14 +77,19 @@ def scenario_tools(name: str, work: Path, mergekit: str, gpu: str, workers: int 
     size = sum(p.stat().st_size for m in models.values() for p in m.glob("*.safetensors")) / 1e9
     paths = " ".join(f"--model-path {n}={f}" for n, f in models.items())
     out = work / "out"
+    merge = f"-m mergesmith.cli -q merge {work}/{name}.yaml {out} --device {device} {paths}"
+    merge += f" --workers {workers}" if workers else ""
     tools = {
-        f"mergesmith (--device {device})": f"rm -rf {out} && {sys.executable} -m mergesmith.cli -q merge "
-        f"{work}/{name}.yaml {out} --device {device} {paths}{f' --workers {workers}' if workers else ''} && sync",
+        f"mergesmith (--device {device})": f"rm -rf {out} && {sys.executable} {merge} && sync",
         f"cp -r + sync ({size:.1f} GB)": f"rm -rf {out} && mkdir {out} && "
         + " && ".join(f"cp -r {m} {out}/" for m in models.values())
         + " && sync",
         f"mergekit 0.1.5{cuda}": f"rm -rf {out} && {mergekit} {work}/{name}-mergekit.yaml {out} --quiet{cuda} && sync",
     }
+    if baseline:  # the same merge by another version of mergesmith, in the same run
+        tools[f"mergesmith baseline (--device {device})"] = (
+            f"rm -rf {out} && PYTHONPATH={baseline}:$PYTHONPATH {sys.executable} {merge} && sync"
+        )
     return tools, size
 
 
@@ -89,6 +102,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["seed", "ties"], help="run one scenario")
     parser.add_argument("--workers", type=int, help="mergesmith --workers (default: its own)")
+    parser.add_argument("--baseline-src", type=Path, help="another mergesmith's src folder, timed alongside")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: check the script itself")
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -104,7 +118,7 @@ def main() -> None:
     scenarios = {}
     for name in [args.only] if args.only else ["seed", "ties"]:
         built = time.perf_counter()
-        tools, size = scenario_tools(name, args.workdir, args.mergekit_yaml, gpu, args.workers)
+        tools, size = scenario_tools(name, args.workdir, args.mergekit_yaml, gpu, args.workers, args.baseline_src)
         print(f"{name}: inputs {size:.2f} GB built in {time.perf_counter() - built:.0f} s", flush=True)
         scenarios[name] = (tools, size)
     results: dict[str, dict[str, list]] = {name: {t: [] for t in tools} for name, (tools, _) in scenarios.items()}

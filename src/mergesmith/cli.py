@@ -103,7 +103,11 @@ from_card_option = click.option(
     is_flag=True,
     help="Continue a killed merge into OUT: keep the tensors it wrote whose checksums still match.",
 )
-@click.option("--workers", type=click.IntRange(1), help="Threads running plan entries (default: min(4, CPUs)).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Threads running plan entries (default: min(4, CPUs); min(8, CPUs) on a GPU).",
+)
 @size_option(
     "--max-memory", "4G", "Estimated bytes of tensors in flight across workers (one entry always runs, however large)."
 )
