@@ -151,6 +151,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, command in tools.items():
             results[name].append(measure(command))
+            wall, cpu, rss = results[name][-1]
+            print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU, {rss:.0f} MB", file=sys.stderr, flush=True)
 
     print(f"{args.scenario}, synthetic 48-layer models, {input_bytes / 1e9:.2f} GB in, {args.repeats} runs, medians\n")
     print("| tool | wall s | CPU s | peak RSS MB | wall vs cp | mergekit wall / this |")
