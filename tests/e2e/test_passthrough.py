@@ -67,7 +67,8 @@ def test_layers_are_renumbered_and_a_layer_can_repeat(tmp_path, make_model):
     assert json.loads((out_dir / "config.json").read_text())["num_hidden_layers"] == 4
 
 
-def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, monkeypatch):
+@pytest.mark.parametrize("shard_bytes", [5 * 10**9, 30_000])  # one shard; copies across shards
+def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, monkeypatch, shard_bytes):
     """Depth up-scaling reads each input tensor once: layer 1 goes to three outputs (one scaled),
     layer 2 to two; every byte of the input is read (or copied from the input) exactly once."""
     from mergesmith.checkpoints import Checkpoint
@@ -97,7 +98,10 @@ def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, 
 
     monkeypatch.setattr(Checkpoint, "read_bytes", counting_read)
     monkeypatch.setattr(ShardWriter, "copy_from", counting_copy)
-    out, inp = tensors(run(tmp_path, recipe, {"m": src}, workers=2)), tensors(src)
+    out_dir = run(tmp_path, recipe, {"m": src}, workers=2, out_shard_bytes=shard_bytes)
+    shards = len(list(out_dir.glob("*.safetensors")))
+    assert shards == 1 if shard_bytes > 10**6 else shards > 2
+    out, inp = tensors(out_dir), tensors(src)
     for out_layer, src_layer in enumerate([0, 1, 1, 2, 1, 2]):
         for name in ("mlp.down_proj.weight", "self_attn.q_proj.weight", "input_layernorm.weight"):
             assert torch.equal(out[f"model.layers.{out_layer}.{name}"], inp[f"model.layers.{src_layer}.{name}"])
