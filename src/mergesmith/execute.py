@@ -324,7 +324,8 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int, device: str = "cpu") -> int:
     if spec.elementwise and not entry.vocabulary:  # vocabulary entries run whole
         return chunk_bytes * (len(entry.sources) + 3)
     count = entry.nbytes // element_size(entry.dtype)
-    if device != "cpu":  # the pinned inputs (float32 at most, in practice) and the result
+    if device != "cpu" and not spec.elementwise and not entry.vocabulary:  # runs on the GPU (see _run_entry)
+        # host memory: the pinned inputs (float32 at most, in practice) and the result
         return count * 4 * len(entry.sources) + entry.nbytes
     assert entry.compute_dtype is not None  # copies returned above
     # inputs, their task vectors, masks and a few tensor-sized temporaries
