@@ -211,28 +211,47 @@ def moves_raw_bytes(entry: PlanEntry) -> bool:
 
 
 def _move_raw_bytes(task: Task, checkpoints: Mapping[str, Checkpoint], writer: ShardWriter, chunk_bytes: int) -> None:
-    """Copy (or scale) one input tensor into each of the task's outputs, reading it once.
+    """Copy (or scale) one input tensor into each of the task's outputs, reading it once: the input
+    streams through in pieces, each written to every output (scaled where the output says so).
 
-    Unscaled copies go file to file in the kernel (copy_file_range): the first from the input, the
-    others from the first's bytes in the output, which are in the page cache. With a scaled output
-    among them, the input streams through in pieces, each written to every output.
+    Not copy_file_range: from one file offset to another that is not aligned with it (nearly every
+    copy: headers differ, layers move), the kernel fills the output's page cache one 4 KiB page at
+    a time, and writeback then sends the disk requests of half the size that large pages give
+    (Linux 6.18, ext4: 2.7 s instead of 1.8 s to sync 1.44 GB). Reading into a buffer and writing
+    it costs one more memory copy and nothing on the disk.
     """
     from mergesmith.methods.passthrough import scale_raw
 
     checkpoint, tensor = checkpoints[task[0].sources[0].model], task[0].sources[0].tensor
     info = checkpoint.tensor_info(tensor)
     factors = [dict(entry.params)["scale"][0] for entry in task]
-    if info.start >= 0 and all(f is None for f in factors):
-        writer.copy_from(task[0].output, info.path, info.start, info.nbytes)
-        for entry in task[1:]:
-            writer.copy_within(entry.output, task[0].output)
-        return
     size = element_size(info.dtype)
     step = max(size, chunk_bytes // size * size)
+    buffer = _piece_buffer(step) if info.start >= 0 else None
     for offset in range(0, info.nbytes, step):
-        data = checkpoint.read_bytes(tensor, offset, min(step, info.nbytes - offset))
+        count = min(step, info.nbytes - offset)
+        data: bytes | bytearray | memoryview
+        if buffer is not None:
+            data = buffer[:count]
+            read_into(info, data, offset)
+        else:  # a .bin checkpoint: no byte offsets to read from
+            data = checkpoint.read_bytes(tensor, offset, count)
         for entry, factor in zip(task, factors):
-            writer.write(entry.output, offset, data if factor is None else scale_raw(data, entry.dtype, factor))
+            if factor is None:  # copies are not journaled (copying again costs no more than checking)
+                writer.write(entry.output, offset, data, checksum=False)
+            else:
+                writer.write(entry.output, offset, scale_raw(data, entry.dtype, factor))
+
+
+_piece_buffers = threading.local()
+
+
+def _piece_buffer(size: int) -> memoryview:
+    """This thread's reusable buffer of at least `size` bytes (fresh ones would cost page faults)."""
+    buffer = getattr(_piece_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _piece_buffers.buffer = memoryview(bytearray(size))
+    return buffer
 
 
 def scales_without_torch(entry: PlanEntry) -> bool:

@@ -8,7 +8,6 @@ when complete; on any error it is removed, and OUT is as it was.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -127,32 +126,15 @@ class ShardWriter:
             _pwrite_all(fd, header, 0)
         self.writeback = _Writeback(self.fds)
 
-    def write(self, name: str, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write `data` at byte `offset` within tensor `name`'s slot."""
+    def write(self, name: str, offset: int, data: bytes | bytearray | memoryview, *, checksum: bool = True) -> None:
+        """Write `data` at byte `offset` within tensor `name`'s slot (and keep its CRC-32 in `crcs`
+        unless `checksum` is False)."""
         slot = self.layout.slots[name]
         if offset + len(data) > slot.nbytes:
             raise ValueError(f"{name}: {offset + len(data)} bytes exceed its {slot.nbytes}-byte slot")
-        self.crcs[name] = zlib.crc32(data, self.crcs.get(name, 0) if offset else 0)
+        if checksum:
+            self.crcs[name] = zlib.crc32(data, self.crcs.get(name, 0) if offset else 0)
         _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
-
-    def copy_from(self, name: str, source: Path, start: int, nbytes: int) -> None:
-        """Copy `nbytes` of file `source` from byte `start` into tensor `name`'s slot, in the kernel.
-
-        copy_file_range moves the bytes without bringing them into this process (and may share
-        extents on filesystems that support it); where the kernel refuses, we read and write.
-        """
-        slot = self.layout.slots[name]
-        if nbytes != slot.nbytes:
-            raise ValueError(f"{name}: {nbytes} bytes do not fit its {slot.nbytes}-byte slot")
-        with open(source, "rb") as src:
-            _copy_range(src.fileno(), start, self.fds[slot.shard], slot.offset, nbytes, source)
-
-    def copy_within(self, name: str, written: str) -> None:
-        """Copy tensor `written`'s bytes, already in its slot, into tensor `name`'s slot."""
-        slot, done = self.layout.slots[name], self.layout.slots[written]
-        if done.nbytes != slot.nbytes:
-            raise ValueError(f"{name}: {done.nbytes} bytes do not fit its {slot.nbytes}-byte slot")
-        _copy_range(self.fds[done.shard], done.offset, self.fds[slot.shard], slot.offset, slot.nbytes, written)
 
     def crc_on_disk(self, name: str, chunk: int = 64 * 2**20) -> int:
         """CRC-32 of the bytes a tensor's slot holds now."""
@@ -287,28 +269,6 @@ def _sync_file_range():
     function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     function.restype = ctypes.c_int
     return function
-
-
-def _copy_range(fd_in: int, start: int, fd_out: int, offset: int, nbytes: int, what: object) -> None:
-    done = 0
-    try:
-        while done < nbytes:
-            copied = os.copy_file_range(fd_in, fd_out, nbytes - done, start + done, offset + done)
-            if copied == 0:
-                raise OSError(f"{what}: file ended early")
-            done += copied
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        _copy_by_reading(fd_in, start + done, fd_out, offset + done, nbytes - done)
-
-
-def _copy_by_reading(fd_in: int, start: int, fd_out: int, offset: int, nbytes: int, chunk: int = 64 * 2**20) -> None:
-    for position in range(0, nbytes, chunk):
-        data = os.pread(fd_in, min(chunk, nbytes - position), start + position)
-        if not data:
-            raise OSError(f"input ended early at byte {start + position}")
-        _pwrite_all(fd_out, data, offset + position)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

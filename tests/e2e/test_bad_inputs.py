@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from factory import build_model
-from mergesmith.checkpoints import Checkpoint
 from mergesmith.cli import main
+from mergesmith.write import ShardWriter
 
 TIES = (
     "models: [{model: a, parameters: {weight: 1, density: 0.5}}, {model: b, parameters: {weight: 1, density: 0.5}}]\n"
@@ -218,7 +218,8 @@ CASES: list[Case] = [
         SLICE.replace("layer_range: [0, 4]}", "layer_range: [0, 4], parameters: {scale: 2.0}}"),
         ("interrupted", "left as it was"),
         code=130,
-        patch=lambda m: m.setattr(Checkpoint, "read_bytes", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())),
+        # mid-merge, in a worker: every path that produces tensor bytes writes them with ShardWriter.write
+        patch=lambda m: m.setattr(ShardWriter, "write", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())),
     ),
     # --- the command line (usage errors: exit 2)
     Case("bad-shard-size", SLICE, ("is not a size",), code=2, args=("--out-shard-size", "lots")),

@@ -11,6 +11,7 @@ from mergesmith.checkpoints import Checkpoint
 from mergesmith.cli import main
 from mergesmith.errors import CheckpointError, OutputError
 from mergesmith.execute import MergeOptions
+from mergesmith.write import ShardWriter
 
 RECIPE = "slices:\n- sources: [{model: m, layer_range: [0, 2], parameters: {scale: 2.0}}]\nmerge_method: passthrough\n"
 
@@ -73,17 +74,19 @@ def test_error_mid_merge_leaves_nothing(tmp_path, make_model, recipe):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def _interrupt_reads(patch: pytest.MonkeyPatch) -> None:
+def _interrupt_writes(patch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C arrives at the fifth tensor write (every path that produces tensor bytes writes them
+    with ShardWriter.write), with earlier tensors already in the partial output."""
     calls = []
-    original = Checkpoint.read_bytes
+    original = ShardWriter.write
 
-    def read_then_interrupt(self, *args, **kwargs):
+    def write_then_interrupt(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    patch.setattr(Checkpoint, "read_bytes", read_then_interrupt)
+    patch.setattr(ShardWriter, "write", write_then_interrupt)
 
 
 def test_ctrl_c_keeps_the_old_output_and_exits_130(tmp_path, make_model, recipe, capsys):
@@ -92,7 +95,7 @@ def test_ctrl_c_keeps_the_old_output_and_exits_130(tmp_path, make_model, recipe,
     out.mkdir()
     (out / "mine.txt").write_text("precious")
     with pytest.MonkeyPatch.context() as patch:
-        _interrupt_reads(patch)
+        _interrupt_writes(patch)
         with pytest.raises(SystemExit) as exit_info:
             main(["merge", str(recipe), str(out), "--model-path", f"m={model}", "--overwrite"])
     assert exit_info.value.code == 130

@@ -70,9 +70,9 @@ def test_layers_are_renumbered_and_a_layer_can_repeat(tmp_path, make_model):
 @pytest.mark.parametrize("shard_bytes", [5 * 10**9, 30_000])  # one shard; copies across shards
 def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, monkeypatch, shard_bytes):
     """Depth up-scaling reads each input tensor once: layer 1 goes to three outputs (one scaled),
-    layer 2 to two; every byte of the input is read (or copied from the input) exactly once."""
+    layer 2 to two; every byte of the input is read exactly once (by either reading path)."""
+    import mergesmith.execute
     from mergesmith.checkpoints import Checkpoint
-    from mergesmith.write import ShardWriter
 
     src = make_model("m", layers=4)
     recipe = (
@@ -80,24 +80,20 @@ def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, 
         "- sources: [{model: m, layer_range: [1, 3], parameters: {scale: [{filter: o_proj, value: 2.0}]}}]\n"
         "- sources: [{model: m, layer_range: [1, 3]}]\nmerge_method: passthrough\n"
     )
-    header_bytes = (src / "model.safetensors").read_bytes()
-    length = int.from_bytes(header_bytes[:8], "little")
-    header = json.loads(header_bytes[8 : 8 + length])
-    name_at = {8 + length + v["data_offsets"][0]: k for k, v in header.items() if k != "__metadata__"}
-    read: dict[str, int] = {}  # input tensor -> bytes read from it, or copied from it in the kernel
-    read_bytes, copy_from = Checkpoint.read_bytes, ShardWriter.copy_from
+    read: dict[str, int] = {}  # input tensor -> bytes of it read from its file
+    read_into, read_bytes = mergesmith.execute.read_into, Checkpoint.read_bytes
 
-    def counting_read(self, name, offset=0, nbytes=None):
+    def counting_read_into(info, view, offset=0):
+        read[info.name] = read.get(info.name, 0) + len(view)
+        return read_into(info, view, offset)
+
+    def counting_read_bytes(self, name, offset=0, nbytes=None):
         data = read_bytes(self, name, offset, nbytes)
         read[name] = read.get(name, 0) + len(data)
         return data
 
-    def counting_copy(self, name, source, start, nbytes):
-        read[name_at[start]] = read.get(name_at[start], 0) + nbytes
-        return copy_from(self, name, source, start, nbytes)
-
-    monkeypatch.setattr(Checkpoint, "read_bytes", counting_read)
-    monkeypatch.setattr(ShardWriter, "copy_from", counting_copy)
+    monkeypatch.setattr(mergesmith.execute, "read_into", counting_read_into)
+    monkeypatch.setattr(Checkpoint, "read_bytes", counting_read_bytes)
     out_dir = run(tmp_path, recipe, {"m": src}, workers=2, out_shard_bytes=shard_bytes)
     shards = len(list(out_dir.glob("*.safetensors")))
     assert shards == 1 if shard_bytes > 10**6 else shards > 2
