@@ -216,7 +216,7 @@ def _move_raw_bytes(task: Task, checkpoints: Mapping[str, Checkpoint], writer: S
 
     Not copy_file_range: from one file offset to another that is not aligned with it (nearly every
     copy: headers differ, layers move), the kernel fills the output's page cache one 4 KiB page at
-    a time, and writeback then sends the disk requests of half the size that large pages give
+    a time, and writeback then sends the disk requests of half the size that large folios give
     (Linux 6.18, ext4: 2.7 s instead of 1.8 s to sync 1.44 GB). Reading into a buffer and writing
     it costs one more memory copy and nothing on the disk.
     """
