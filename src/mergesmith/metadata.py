@@ -16,9 +16,9 @@ from mergesmith.checkpoints.names import (
     DONOR_FILES,
     GENERATION_FILES,
     LAYER_COUNT_KEYS,
-    NESTED_CONFIG_KEYS,
     PER_LAYER_KEYS,
     TOKEN_ID_KEYS,
+    config_parts,
 )
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_chat_template
 from mergesmith.dtypes import config_name
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def output_config(donor: Checkpoint, has_head: bool, layer_sources: list[int], dtype: str | None) -> dict[str, Any]:
     """The donor's config with the output's layer count, per-layer lists, tie flag and dtype."""
     config = copy.deepcopy(donor.config)
-    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
+    for part in config_parts(config):
         for key in LAYER_COUNT_KEYS:
             if isinstance(part.get(key), int):
                 part[key] = len(layer_sources)
@@ -82,12 +82,10 @@ def token_id_remapper(donor: Tokenizer, vocabulary: Vocabulary):
 
 
 def set_vocabulary_size(config: dict[str, Any], vocabulary: Vocabulary, remap) -> None:
-    for part in [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]:
+    for part in config_parts(config):
         if "vocab_size" in part or part is config:
             part["vocab_size"] = vocabulary.size
-        for key in TOKEN_ID_KEYS:
-            if part.get(key) is not None:
-                part[key] = remap(part[key])
+        _remap_token_ids(part, remap)
 
 
 def generation_config(donor: Checkpoint, remap) -> dict[str, Any] | None:
@@ -98,10 +96,14 @@ def generation_config(donor: Checkpoint, remap) -> dict[str, Any] | None:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise PlanError(f"model {donor.ref.text!r}: cannot read {path} ({err})") from None
+    _remap_token_ids(settings, remap)
+    return settings
+
+
+def _remap_token_ids(settings: dict[str, Any], remap) -> None:
     for key in TOKEN_ID_KEYS:
         if settings.get(key) is not None:
             settings[key] = remap(settings[key])
-    return settings
 
 
 def chat_template(choice: str | None, models: tuple[str, ...], checkpoints: Mapping[str, Checkpoint]) -> str | None:

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergesmith.checkpoints.layers import find_layers
-from mergesmith.checkpoints.names import CONFIG, LAYER_COUNT_KEYS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, is_head
+from mergesmith.checkpoints.names import (
+    CONFIG,
+    LAYER_COUNT_KEYS,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    config_parts,
+    is_head,
+    is_vocabulary_tensor,
+)
 from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header, read_range
 from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
 from mergesmith.errors import CheckpointError
@@ -125,7 +133,7 @@ def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyRepo
     except (OSError, ValueError) as err:
         report.problems.append(f"{CONFIG}: unreadable ({err})")
         return
-    parts = [config, *(v for k, v in config.items() if k == "text_config" and isinstance(v, dict))]
+    parts = config_parts(config)
     layout = find_layers(infos)
     for part in parts:
         for key in LAYER_COUNT_KEYS:
@@ -134,7 +142,7 @@ def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyRepo
     for i, rests in enumerate(layout.layer_tensors):
         if not rests:
             report.problems.append(f"layer {i}: no tensors (layers are numbered 0-{layout.count - 1})")
-    embeddings = [n for n in layout.pre_layer if "embed_tokens" in n or "wte" in n or "word_embeddings" in n]
+    embeddings = [n for n in layout.pre_layer if is_vocabulary_tensor(n)]
     rows = infos[embeddings[0]].shape[0] if embeddings and infos[embeddings[0]].shape else None
     vocab = next((p["vocab_size"] for p in reversed(parts) if isinstance(p.get("vocab_size"), int)), None)
     if rows is not None and vocab is not None and rows != vocab:

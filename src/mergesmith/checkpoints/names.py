@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # "<prefix>.<N>.<rest>": model.layers.5.mlp.down_proj.weight, transformer.h.5.attn.c_attn.weight
 LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -55,6 +56,11 @@ CONFIG = "config.json"
 def shard_name(index: int, count: int) -> str:
     """transformers' shard naming: model-00001-of-00003.safetensors."""
     return SAFETENSORS_SINGLE if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def config_parts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A config and the nested configs (NESTED_CONFIG_KEYS) that hold the same kinds of keys."""
+    return [config, *(config[k] for k in NESTED_CONFIG_KEYS if isinstance(config.get(k), dict))]
 
 
 def is_head(name: str) -> bool:
