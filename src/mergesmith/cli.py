@@ -458,10 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: the one error boundary. Exit codes: 0 ok, 1 user error, 2 usage, 3 bug, 130 Ctrl-C."""
     try:
         code = cli.main(args=argv, prog_name="mergesmith", standalone_mode=False)
-    except click.exceptions.Abort:  # click's form of Ctrl-C
-        click.echo("interrupted; the output folder was left as it was", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Abort: click's form of Ctrl-C
         click.echo("interrupted; the output folder was left as it was", err=True)
         sys.exit(130)
     except click.ClickException as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mergesmith.card import model_card
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.safetensors_file import read_into
+from mergesmith.checkpoints.safetensors_file import piece_spans, read_into
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import get_method
@@ -95,7 +95,7 @@ def run_plan(
             with _progress(sum(e.nbytes for e in entries), options.progress) as bar:
 
                 def run(task: Task) -> None:
-                    if len(task) > 1 or moves_raw_bytes(task[0]):
+                    if moves_raw_bytes(task[0]):  # so are the others of a task of several
                         _move_raw_bytes(task, checkpoints, writer, options.chunk_bytes)
                     else:
                         _run_entry(task[0], plan, checkpoints, writer, options, seed)
@@ -225,11 +225,8 @@ def _move_raw_bytes(task: Task, checkpoints: Mapping[str, Checkpoint], writer: S
     checkpoint, tensor = checkpoints[task[0].sources[0].model], task[0].sources[0].tensor
     info = checkpoint.tensor_info(tensor)
     factors = [dict(entry.params)["scale"][0] for entry in task]
-    size = element_size(info.dtype)
-    step = max(size, chunk_bytes // size * size)
-    buffer = _piece_buffer(step) if info.start >= 0 else None
-    for offset in range(0, info.nbytes, step):
-        count = min(step, info.nbytes - offset)
+    buffer = _piece_buffer(max(chunk_bytes, element_size(info.dtype))) if info.start >= 0 else None
+    for offset, count in piece_spans(info, chunk_bytes):
         data: bytes | bytearray | memoryview
         if buffer is not None:
             data = buffer[:count]
@@ -343,12 +340,16 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int, device: str = "cpu") -> int:
     if spec.elementwise and not entry.vocabulary:  # vocabulary entries run whole
         return chunk_bytes * (len(entry.sources) + 3)
     count = entry.nbytes // element_size(entry.dtype)
-    if device != "cpu" and not spec.elementwise and not entry.vocabulary:  # runs on the GPU (see _run_entry)
-        # host memory: the pinned inputs (float32 at most, in practice) and the result
+    if compute_device(entry, spec, device) != "cpu":  # host memory: pinned inputs (float32 at most) and result
         return count * 4 * len(entry.sources) + entry.nbytes
     assert entry.compute_dtype is not None  # copies returned above
     # inputs, their task vectors, masks and a few tensor-sized temporaries
     return count * element_size(entry.compute_dtype) * (3 * len(entry.sources) + 4)
+
+
+def compute_device(entry: PlanEntry, spec, device: str) -> str:
+    """Where an entry computes: elementwise methods and vocabulary entries always on the CPU."""
+    return "cpu" if spec.elementwise or entry.vocabulary else device
 
 
 def _run_entry(
@@ -366,7 +367,7 @@ def _run_entry(
     if entry.compute_dtype is None:
         _copy_buffer(entry, readers, writer)
         return
-    device = "cpu" if spec.elementwise or entry.vocabulary else options.device
+    device = compute_device(entry, spec, options.device)
     if spec.is_random:
         params["generator"] = tensor_generator(seed, entry.output, device)
     if device != "cpu":

@@ -21,7 +21,7 @@ from mergesmith.checkpoints.names import (
     is_head,
     is_vocabulary_tensor,
 )
-from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header, read_range
+from mergesmith.checkpoints.safetensors_file import TensorInfo, piece_spans, read_header, read_range
 from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
 from mergesmith.errors import CheckpointError
 from mergesmith.plan import Plan
@@ -117,10 +117,8 @@ def _check_values(info: TensorInfo, report: VerifyReport) -> None:
 
 
 def _pieces(info: TensorInfo) -> Iterator[bytearray]:
-    size = element_size(info.dtype)
-    step = max(size, _PIECE_BYTES // size * size)
-    for offset in range(0, info.nbytes, step):
-        yield read_range(info, offset, min(step, info.nbytes - offset))
+    for offset, nbytes in piece_spans(info, _PIECE_BYTES):
+        yield read_range(info, offset, nbytes)
 
 
 def _count(info: TensorInfo) -> int:

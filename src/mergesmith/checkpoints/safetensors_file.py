@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
             hint="the file is truncated; download it again",
         )
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, end - begin)
+
+
+def piece_spans(info: TensorInfo, piece_bytes: int) -> Iterator[tuple[int, int]]:
+    """(offset, nbytes) of the pieces a tensor is streamed in: at most `piece_bytes` each (at least
+    one element), cut at element boundaries."""
+    size = element_size(info.dtype)
+    step = max(size, piece_bytes // size * size)
+    for offset in range(0, info.nbytes, step):
+        yield offset, min(step, info.nbytes - offset)
 
 
 def read_range(info: TensorInfo, offset: int = 0, nbytes: int | None = None) -> bytearray:
