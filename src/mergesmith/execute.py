@@ -234,10 +234,10 @@ def _move_raw_bytes(task: Task, checkpoints: Mapping[str, Checkpoint], writer: S
         else:  # a .bin checkpoint: no byte offsets to read from
             data = checkpoint.read_bytes(tensor, offset, count)
         for entry, factor in zip(task, factors):
-            if factor is None:  # copies are not journaled (copying again costs no more than checking)
-                writer.write(entry.output, offset, data, checksum=False)
-            else:
-                writer.write(entry.output, offset, scale_raw(data, entry.dtype, factor))
+            # not journaled: a resume that redoes them reads as many bytes as checking them would,
+            # and a CRC-32 of every scaled byte costs each merge CPU (0.2 of the seed recipe's 1.8 s)
+            result = data if factor is None else scale_raw(data, entry.dtype, factor)
+            writer.write(entry.output, offset, result, checksum=False)
 
 
 _piece_buffers = threading.local()

@@ -160,7 +160,8 @@ class Journal:
     The first line identifies the merge (a digest of the plan, its layout and its inputs) and the
     random seed; a resumed merge must match it. A line is appended once a tensor's bytes are
     written; on resume each listed tensor is re-read and kept only if its CRC-32 still matches.
-    Copied tensors are not listed: copying again costs no more than checking.
+    Copied tensors, and tensors passthrough only scales, are not listed: redoing them costs no more
+    than checking them.
     """
 
     FILENAME = ".mergesmith-progress.jsonl"
