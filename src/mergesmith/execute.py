@@ -67,7 +67,7 @@ def run_plan(
 ) -> MergeReport:
     """Execute `plan` into the folder `out`, atomically: complete and valid, or not there at all."""
     options = options or MergeOptions()
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, needed=any(uses_device(e) for e in plan.entries))
     workers = options.workers or min(4 if device == "cpu" else 8, os.cpu_count() or 1)
     if (device, workers) != (options.device, options.workers):
         options = dataclasses.replace(options, device=device, workers=workers)
@@ -347,6 +347,11 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int, device: str = "cpu") -> int:
     return count * element_size(entry.compute_dtype) * (3 * len(entry.sources) + 4)
 
 
+def uses_device(entry: PlanEntry) -> bool:
+    """Whether `--device cuda` would move this entry's arithmetic to the GPU."""
+    return entry.compute_dtype is not None and compute_device(entry, get_method(entry.method)[0], "cuda") != "cpu"
+
+
 def compute_device(entry: PlanEntry, spec, device: str) -> str:
     """Where an entry computes: elementwise methods and vocabulary entries always on the CPU."""
     return "cpu" if spec.elementwise or entry.vocabulary else device
@@ -434,9 +439,10 @@ def _thread_stream(device: str):
     return _streams.stream
 
 
-def resolve_device(requested: str) -> str:
-    """ "auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is an error."""
-    if requested == "cpu":
+def resolve_device(requested: str, *, needed: bool = True) -> str:
+    """ "auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is an error.
+    `needed=False` (no entry would compute on a GPU): "auto" is "cpu" without importing torch."""
+    if requested == "cpu" or (requested == "auto" and not needed):
         return "cpu"
     import torch
 

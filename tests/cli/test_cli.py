@@ -158,9 +158,11 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(capsys, recipe, make_model, 
     assert code == 0 and (out / "config.json").exists()
 
 
-def test_a_scaling_passthrough_merge_never_imports_torch(tmp_path, make_model):
+@pytest.mark.parametrize("device", [[], ["--device", "auto"]])
+def test_a_scaling_passthrough_merge_never_imports_torch(tmp_path, make_model, device):
     """Copies and scaled bf16 tensors need only numpy: the seed recipe's kind of merge skips
-    torch's seconds-long import, and writes the same bytes (tests/golden/seed_passthrough)."""
+    torch's seconds-long import, and writes the same bytes (tests/golden/seed_passthrough).
+    `--device auto` does not import torch to look for a GPU that nothing would run on."""
     model = make_model(layers=2)
     recipe = tmp_path / "scale.yaml"
     recipe.write_text(
@@ -172,7 +174,7 @@ def test_a_scaling_passthrough_merge_never_imports_torch(tmp_path, make_model):
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
         "print('torch imported' if 'torch' in sys.modules else 'no torch', code, file=sys.stderr)\n"
     )
-    args = ["-q", "merge", str(recipe), str(tmp_path / "out"), "--model-path", f"org/m={model}"]
+    args = ["-q", "merge", str(recipe), str(tmp_path / "out"), "--model-path", f"org/m={model}", *device]
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
     assert result.stderr.strip().endswith("no torch 0"), result.stderr
 
