@@ -113,3 +113,52 @@ def test_a_changed_recipe_does_not_resume_the_old_merge(models, tmp_path: Path) 
     assert result.returncode == 0, err
     assert "the interrupted merge differs from this one" in err and "resuming: 0 of" in err
     assert digests(out) == digests(changed)
+
+
+SCALING_RECIPE = """slices:
+  - sources: [{model: base, layer_range: [0, 8]}]
+merge_method: passthrough
+parameters:
+  scale:
+    - filter: o_proj
+      value: [1.5, 4.0]
+    - value: 1.0
+dtype: bfloat16
+"""
+
+
+def test_a_killed_scaling_passthrough_journals_nothing_and_resumes_exactly(models, tmp_path: Path) -> None:
+    """Copied and scaled tensors are not journaled: the resume writes them all again, over whatever
+    the killed merge had half written, and the result is bit-identical."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(SCALING_RECIPE)
+    reference = tmp_path / "reference"
+    merge(recipe, reference, model_paths={"base": models["base"]})
+    out = tmp_path / "out"
+    journal, shard = partial_folder(out) / Journal.FILENAME, partial_folder(out) / "model.safetensors"
+    for _ in range(10):  # until a kill lands before the merge has finished
+        process = start(recipe, out, {"base": models["base"]}, "-q")
+        while not half_written(shard) and process.poll() is None:
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not out.exists():
+            break
+        shutil.rmtree(out)
+    assert journal.exists() and not out.exists()
+    assert journal_lines(out) == 0  # the header line only
+    result = start(recipe, out, {"base": models["base"]}, "-v")
+    _, err = result.communicate(timeout=120)
+    assert result.returncode == 0, err
+    assert "resuming: 0 of" in err
+    assert digests(out) == digests(reference) and not partial_folder(out).exists()
+
+
+def half_written(shard: Path) -> bool:
+    """Whether the bytes in the middle of a partial shard (created full-size, zero-filled) are written."""
+    try:
+        with shard.open("rb") as file:
+            file.seek(shard.stat().st_size // 2)
+            return any(file.read(4096))
+    except FileNotFoundError:
+        return False
