@@ -67,7 +67,10 @@ def run_plan(
 ) -> MergeReport:
     """Execute `plan` into the folder `out`, atomically: complete and valid, or not there at all."""
     options = options or MergeOptions()
-    device = resolve_device(options.device, needed=any(uses_device(e) for e in plan.entries))
+    requested = options.device
+    if requested == "auto" and not any(uses_device(e) for e in plan.entries):
+        requested = "cpu"  # nothing would compute on a GPU: no torch import to look for one
+    device = resolve_device(requested)
     workers = options.workers or min(4 if device == "cpu" else 8, os.cpu_count() or 1)
     if (device, workers) != (options.device, options.workers):
         options = dataclasses.replace(options, device=device, workers=workers)
@@ -95,13 +98,13 @@ def run_plan(
             with _progress(sum(e.nbytes for e in entries), options.progress) as bar:
 
                 def run(task: Task) -> None:
-                    if moves_raw_bytes(task[0]):  # so are the others of a task of several
+                    if moves_raw_bytes(task[0]):  # so are the others of a task of several; not journaled
                         _move_raw_bytes(task, checkpoints, writer, options.chunk_bytes)
-                    else:
-                        _run_entry(task[0], plan, checkpoints, writer, options, seed)
-                    for entry in task:
-                        if entry.output in writer.crcs:  # computed, not copied
-                            journal.record(entry.output, writer.crcs[entry.output])
+                        return
+                    (entry,) = task
+                    _run_entry(entry, plan, checkpoints, writer, options, seed)
+                    if entry.output in writer.crcs:  # computed, not copied
+                        journal.record(entry.output, writer.crcs[entry.output])
 
                 _run_tasks(group_tasks(entries), run, options, bar)
             ok = True
@@ -439,10 +442,9 @@ def _thread_stream(device: str):
     return _streams.stream
 
 
-def resolve_device(requested: str, *, needed: bool = True) -> str:
-    """ "auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is an error.
-    `needed=False` (no entry would compute on a GPU): "auto" is "cpu" without importing torch."""
-    if requested == "cpu" or (requested == "auto" and not needed):
+def resolve_device(requested: str) -> str:
+    """ "auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without one is an error."""
+    if requested == "cpu":
         return "cpu"
     import torch
 

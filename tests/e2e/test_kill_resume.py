@@ -54,6 +54,16 @@ def journal_lines(out: Path) -> int:
     return len(path.read_text().splitlines()) - 1 if path.exists() else 0
 
 
+def half_written(shard: Path) -> bool:
+    """Whether the bytes in the middle of a partial shard (created full-size, zero-filled) are written."""
+    try:
+        with shard.open("rb") as file:
+            file.seek(shard.stat().st_size // 2)
+            return any(file.read(4096))
+    except FileNotFoundError:
+        return False
+
+
 def kill_once_written(recipe: Path, out: Path, models: dict[str, Path], *, tensors: int) -> None:
     """Start a merge and SIGKILL it once its journal lists `tensors` computed tensors."""
     process = start(recipe, out, models, "-q")
@@ -152,13 +162,3 @@ def test_a_killed_scaling_passthrough_journals_nothing_and_resumes_exactly(model
     assert result.returncode == 0, err
     assert "resuming: 0 of" in err
     assert digests(out) == digests(reference) and not partial_folder(out).exists()
-
-
-def half_written(shard: Path) -> bool:
-    """Whether the bytes in the middle of a partial shard (created full-size, zero-filled) are written."""
-    try:
-        with shard.open("rb") as file:
-            file.seek(shard.stat().st_size // 2)
-            return any(file.read(4096))
-    except FileNotFoundError:
-        return False
