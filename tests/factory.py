@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mergesmith.synthetic import SyntheticTensor, random_values, write_synthetic_model
+from mergesmith.synthetic import SyntheticTensor, random_values, standard_normal, write_synthetic_model
 
 # model_type -> config keywords of a tiny model of that family
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -110,7 +110,7 @@ def derive_model(source: Path, folder: Path, *, seed: int, scale: float = 0.01) 
     for name in sorted(tensors):
         t = tensors[name]
         if t.is_floating_point():
-            noise = torch.randn(t.shape, generator=generator) * scale
+            noise = standard_normal(t.shape, generator) * scale
             tensors[name] = (t.float() + noise).to(t.dtype)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     shutil.copy(source / "config.json", folder / "config.json")
@@ -185,9 +185,9 @@ def resize_vocabulary(source: Path, folder: Path, rows: int, *, seed: int, scale
         t = tensors[name]
         if not t.is_floating_point():
             continue
-        t = t.float() + torch.randn(t.shape, generator=generator) * scale
+        t = t.float() + standard_normal(t.shape, generator) * scale
         if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-            extra = torch.randn((max(rows - t.shape[0], 0), *t.shape[1:]), generator=generator) * 0.02
+            extra = standard_normal((max(rows - t.shape[0], 0), *t.shape[1:]), generator) * 0.02
             t = torch.cat([t[:rows], extra])
         tensors[name] = t.to(tensors[name].dtype)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})

@@ -118,7 +118,20 @@ def random_values(name: str, shape: tuple[int, ...], *, seed: int = 0, device: s
 
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    values = torch.randn(shape, generator=generator, device=device) * 0.02
+    values = standard_normal(shape, generator) * 0.02
     if len(shape) == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
         values += 1.0
     return values
+
+
+def standard_normal(shape: tuple[int, ...], generator):
+    """float32 N(0, 1) samples that are the same bytes on every x86-64 CPU (for a CPU generator).
+
+    torch draws float32 normals with a vectorised log/cos on AVX2 CPUs and with scalar libm
+    elsewhere (AVX-512 and `ATEN_CPU_CAPABILITY=default` included), so float32 `randn` gives other
+    values on other CPUs; float64 `randn` always takes the scalar path, and rounding to float32 is
+    correctly rounded on every CPU.
+    """
+    import torch
+
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float64).float()
