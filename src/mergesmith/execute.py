@@ -280,8 +280,13 @@ def is_plain_copy(entry: PlanEntry) -> bool:
 
 
 class _TorchThreads:
-    """Give torch's intra-op pool `count` threads once the first computed entry runs (importing
-    torch then, not before), and put the old count back at the end."""
+    """Give torch's intra-op pool `count` threads in each worker (importing torch when the first
+    computed entry runs, not before), and put the old count back at the end.
+
+    torch's thread setting belongs to the thread that makes it (OpenMP and MKL keep it per thread),
+    so every task sets it in its own worker. Methods whose result depends on the count get torch's
+    default, the count mergekit computes with.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -290,12 +295,13 @@ class _TorchThreads:
 
     def wrap(self, run: Callable[[Task], None]) -> Callable[[Task], None]:
         def configured(task: Task) -> None:
+            import torch
+
             with self.lock:
                 if self.before is None:
-                    import torch
-
                     self.before = torch.get_num_threads()
-                    torch.set_num_threads(self.count)
+            sensitive = get_method(task[0].method)[0].threads_change_result
+            torch.set_num_threads(self.before if sensitive else self.count)
             run(task)
 
         return configured

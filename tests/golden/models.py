@@ -23,6 +23,7 @@ def build_inputs(folder: Path) -> dict[str, Path]:
         "golden/mistral-8": build_model(folder / "mistral-8", "mistral", layers=8, seed=8),
         "golden/llama-tied-4": build_model(folder / "llama-tied-4", "llama", layers=4, tied=True, seed=4),
         **_method_models(folder),
+        **_wide_models(folder),
         **_tokenizer_models(folder),
     }
 
@@ -34,6 +35,20 @@ def _method_models(folder: Path) -> dict[str, Path]:
     for i in (1, 2, 3):
         models[f"golden/ft{i}"] = derive_model(base, folder / f"ft{i}", seed=i, scale=0.01)
     return models
+
+
+def _wide_models(folder: Path) -> dict[str, Path]:
+    """Three unrelated float32 models whose embeddings (4096 x 32) are large enough for torch and
+    MKL to split whole-tensor reductions among threads (karcher's dot)."""
+    return {
+        f"golden/wide{i}": build_model(folder / f"wide{i}", "mistral", layers=1, vocab=4096, dtype="F32", seed=500 + i)
+        for i in (1, 2, 3)
+    }
+
+
+# The intra-op thread count mergekit runs with in make_expected.py and mergesmith in the golden
+# test: a whole-tensor dot's bits depend on it (as they do on the machine's MKL code path).
+GOLDEN_THREADS = 2
 
 
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")

@@ -162,6 +162,7 @@ KARCHER = MethodSpec(
     inputs=Inputs(base="ignored", min_count=1),
     reference="https://arxiv.org/abs/2603.04972",
     summary="the Riemannian (Karcher) mean of the inputs on the hypersphere",
+    threads_change_result=True,  # torch.dot of whole tensors
 )
 
 

@@ -84,6 +84,10 @@ class MethodSpec:
     is_random: bool = False
     # "input": the result has the inputs' dtype; "at_least_float32": float32 unless wider.
     result_dtype: Literal["input", "at_least_float32"] = "input"
+    # True when the result depends on torch's intra-op thread count (a whole-tensor torch.dot goes
+    # to MKL, which splits it among threads): the executor then runs it with torch's default count,
+    # the one mergekit runs with, so the bits agree on the same machine.
+    threads_change_result: bool = False
     # Checks the resolved parameters of one tensor; returns a problem, or None.
     check: Callable[[dict[str, Any]], str | None] | None = None
 
