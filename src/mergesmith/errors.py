@@ -27,6 +27,10 @@ class PlanError(MergesmithError):
     """The recipe and the checkpoints disagree: layer out of range, shapes differ, contract broken."""
 
 
+class MergeError(MergesmithError):
+    """A method cannot merge a tensor's values (found while merging: the plan never reads them)."""
+
+
 class OutputError(MergesmithError, OSError):
     """The output folder cannot be written: it exists, or the disk refuses."""
 

@@ -17,7 +17,7 @@ from mergesmith.card import model_card
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.checkpoints.safetensors_file import piece_spans, read_into
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import MergeError, MergesmithError
 from mergesmith.methods import get_method
 from mergesmith.plan import Plan, PlanEntry
 from mergesmith.vocabulary import align_rows
@@ -467,11 +467,14 @@ def resolve_device(requested: str) -> str:
 
 
 def _apply(entry: PlanEntry, spec, function, tensors: list, params: dict):
-    if entry.has_base:
-        return function(tensors[0], tensors[1:], **params)
-    if spec.inputs.uses_base:
-        return function(None, tensors, **params)
-    return function(tensors, **params)
+    try:
+        if entry.has_base:
+            return function(tensors[0], tensors[1:], **params)
+        if spec.inputs.uses_base:
+            return function(None, tensors, **params)
+        return function(tensors, **params)
+    except MergeError as err:  # a method knows the values, not which tensor they are
+        raise MergeError(f"tensor {entry.output}: {entry.method}: {err.message}", hint=err.hint) from err
 
 
 def _run_vocabulary_entry(entry, readers, infos, function, params, writer, vocabulary, base) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mergesmith.errors import MergeError
 from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
@@ -139,8 +140,12 @@ def multislerp(
     mean = (units * weights.view(-1, 1)).sum(0)  # (numel,)
     mean_norm = torch.norm(mean)
     if mean_norm < eps:
-        if stacked.shape[0] != 2:
-            raise ValueError("multislerp: the weighted sum of the inputs' directions is zero (antipodal inputs)")
+        if stacked.shape[0] != 2:  # mergekit 0.1.5 stops here too (a ValueError)
+            raise MergeError(
+                "the weighted sum of the models' directions is zero: their tensors point in opposite "
+                "directions with weights that balance out, so the mean direction is undefined",
+                hint="change the weights so they do not cancel, or merge these models with linear",
+            )
         result = (stacked[0] * weights[0] + stacked[1] * weights[1]).view(stacked.shape[1:])
         return result if base is None else result + base
     mean = mean / mean_norm
