@@ -283,8 +283,8 @@ class _TorchThreads:
     """Give torch's intra-op pool `count` threads in each worker (importing torch when the first
     computed entry runs, not before), and put the old count back at the end.
 
-    torch's thread setting belongs to the thread that makes it (OpenMP and MKL keep it per thread),
-    so every task sets it in its own worker. Methods whose result depends on the count get torch's
+    torch's thread setting belongs to the thread that makes it (OpenMP and MKL keep it per thread;
+    a new thread starts from the last count set anywhere), so every task sets it in its own worker. Methods whose result depends on the count get torch's
     default, the count mergekit computes with.
     """
 
