@@ -12,6 +12,7 @@ into OUT reads, restoring the old OUT (killed before the new one was in place) o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -132,8 +133,9 @@ def output_lock(out: Path) -> Iterator[None]:
         if _same_file(fd, path):
             break
         os.close(fd)  # removed by the merge that held it while we opened it
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # the process id only makes the refusal's message better
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:
         yield
     finally:
@@ -302,9 +304,7 @@ def _is_real_folder(path: Path) -> bool:
 def _describe(path: Path) -> str:
     if os.path.islink(path):
         return f"a link to {os.readlink(path)}"
-    if _is_real_folder(path):
-        return "a folder without mergesmith's marker file"
-    return "a file"
+    return "a folder" if _is_real_folder(path) else "a file"
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -125,6 +125,8 @@ class ShardWriter:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if keep else os.O_TRUNC)
         for path, header, size in zip(self.paths, layout.headers, layout.sizes):
             with writing(path):
+                if not keep or os.path.islink(path):  # a link is replaced, never written through
+                    path.unlink(missing_ok=True)
                 fd = os.open(path, flags, 0o644)
                 self.fds.append(fd)
                 os.ftruncate(fd, size)
@@ -187,6 +189,8 @@ class Journal:
         self.lock = threading.Lock()
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if self.resumed else os.O_TRUNC)
         with writing(self.path):
+            if not self.resumed:  # whatever is at its name (a link included) is replaced
+                self.path.unlink(missing_ok=True)
             self.file = os.fdopen(os.open(self.path, flags, 0o644), "a", encoding="utf-8")
             if not self.resumed:
                 self.file.write(json.dumps({"merge": merge_id, "seed": self.seed}) + "\n")
