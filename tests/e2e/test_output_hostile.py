@@ -602,3 +602,68 @@ def test_a_resume_never_writes_through_a_link_planted_in_its_folder(job, built, 
     assert "the progress journal is not one mergesmith wrote; starting over" in err and "resuming: 0 of" in err
     assert contents(out) == job["reference"] and beside(out) == []
     assert {name: snapshot(folder) for name, folder in built.items()} == inputs
+
+
+PLOTS = [
+    # (id, the --plot path under tmp, what makes it unwritable, exit code, parts of stderr)
+    (
+        "missing-folder",
+        "missing/plan.png",
+        None,
+        1,
+        (
+            "{path}: cannot write the picture (No such file or directory)",
+            "hint: create the folder first: mkdir -p {tmp}/missing",
+        ),
+    ),
+    (
+        "a-file-as-the-folder",
+        "notes.txt/plan.png",
+        "file",
+        1,
+        ("{path}: cannot write the picture (Not a directory)", "a folder on the path is a file"),
+    ),
+    ("a-folder-as-the-file", "pictures", "folder", 2, ("Invalid value for '--plot'", "is a directory")),
+    (
+        "no-permission",
+        "locked/plan.png",
+        "frozen",
+        1,
+        ("{path}: cannot write the picture (", "hint: choose a place you can write to"),
+    ),
+]
+
+
+@pytest.mark.parametrize("where, blocker, code, expected", [p[1:] for p in PLOTS], ids=[p[0] for p in PLOTS])
+def test_plan_plot_to_an_unwritable_place(built, tmp_path: Path, capsys, freeze, where, blocker, code, expected):
+    pytest.importorskip("matplotlib")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(LINEAR)
+    path = tmp_path / where
+    if blocker == "file":
+        path.parent.write_text("not a folder")
+    elif blocker == "folder":
+        path.mkdir()
+    elif blocker == "frozen":
+        path.parent.mkdir()
+        freeze(path.parent)
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "plan",
+                str(recipe),
+                "--model-path",
+                f"a={built['a']}",
+                "--model-path",
+                f"b={built['b']}",
+                "--plot",
+                str(path),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code, err
+    assert "Traceback" not in err
+    for part in expected:
+        assert part.format(path=path, tmp=tmp_path) in err, err
+    assert snapshot(tmp_path) == before  # no picture, and no half-written one
