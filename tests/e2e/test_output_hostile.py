@@ -443,15 +443,22 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> None
     assert path.exists(), f"{path} never appeared; the process said: {process.communicate(timeout=30)[1]}"
 
 
+@pytest.fixture(scope="module")
+def reference(built, tmp_path_factory) -> dict[str, bytes]:
+    """The files of an uninterrupted merge of LINEAR."""
+    folder = tmp_path_factory.mktemp("reference")
+    (folder / "recipe.yaml").write_text(LINEAR)
+    merge(folder / "recipe.yaml", folder / "out", model_paths=built, options=MergeOptions(workers=1))
+    return contents(folder / "out")
+
+
 @pytest.fixture
-def job(built, tmp_path: Path):
-    """The recipe, its uninterrupted merge (the reference), and the merge command into tmp/out."""
+def job(built, reference, tmp_path: Path):
+    """The recipe, its uninterrupted merge's files, and the arguments of a merge into tmp/out."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(LINEAR)
-    reference = tmp_path / "reference"
-    merge(recipe, reference, model_paths=built, options=MergeOptions(workers=1))
     paths = [arg.format(**built) for arg in MODEL_ARGS]
-    return {"recipe": recipe, "out": tmp_path / "out", "reference": contents(reference), "args": paths}
+    return {"recipe": recipe, "out": tmp_path / "out", "reference": reference, "args": paths}
 
 
 def beside(out: Path) -> list[str]:
@@ -561,16 +568,26 @@ JOURNALS = [
 ]
 
 
-@pytest.fixture
-def interrupted(job, built, tmp_path: Path):
-    """A merge killed once its journal lists two tensors; its staging folder is left for --resume."""
-    out = job["out"]
-    args = ("merge", str(job["recipe"]), str(out), "--workers", "1", *job["args"])
+@pytest.fixture(scope="module")
+def killed(built, tmp_path_factory) -> Path:
+    """The staging folder of a merge killed once its journal listed two tensors (made once)."""
+    folder = tmp_path_factory.mktemp("killed")
+    (folder / "recipe.yaml").write_text(LINEAR)
+    out = folder / "out"
+    paths = [arg.format(**built) for arg in MODEL_ARGS]
+    args = ("merge", str(folder / "recipe.yaml"), str(out), "--workers", "1", *paths)
     code, err = finish(cli(*args, wrap="kill-after-records", setting="2"))
     assert code == -signal.SIGKILL, err
     journal = partial_folder(out) / Journal.FILENAME
     assert len(journal.read_text().splitlines()) == 3 and not out.exists()
-    return journal
+    return partial_folder(out)
+
+
+@pytest.fixture
+def interrupted(job, killed: Path) -> Path:
+    """The killed merge's staging folder, copied beside this test's OUT; returns its journal."""
+    staging = Path(shutil.copytree(killed, partial_folder(job["out"]), symlinks=True))
+    return staging / Journal.FILENAME
 
 
 @pytest.mark.parametrize("change, kept, said", [j[1:] for j in JOURNALS], ids=[j[0] for j in JOURNALS])
