@@ -311,23 +311,35 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     """Rename the finished staging folder to `out`; an existing OUT is moved aside first, recorded
     in the swap record until it is removed, so a kill at any point can be undone. The marker goes
     with the folder and is removed from OUT last: until then the staging folder is recognisably ours."""
-    if not os.path.lexists(out):
-        os.rename(staging, out)
-        (out / STAGING_MARKER).unlink()
-        return
-    aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:16]}"
-    record = swap_record_path(out)
-    _write_durably(record, json.dumps({"aside": aside.name, "out": out.name}) + "\n")
-    os.rename(out, aside)
     try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(aside, out)
-        record.unlink()
+        if not os.path.lexists(out):
+            os.rename(staging, out)
+            (out / STAGING_MARKER).unlink()
+            return
+        aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:16]}"
+        record = swap_record_path(out)
+        _write_durably(record, json.dumps({"aside": aside.name, "out": out.name}) + "\n")
+        try:
+            os.rename(out, aside)
+        except BaseException:
+            record.unlink()
+            raise
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            os.rename(aside, out)
+            record.unlink()
+            raise
+    except OutputError:
         raise
-    (out / STAGING_MARKER).unlink()
-    _remove(aside)
-    record.unlink()
+    except OSError as err:
+        raise OutputError(f"{out}: cannot move the merged model into place ({err.strerror or err})") from err
+    try:
+        (out / STAGING_MARKER).unlink()
+        _remove(aside)
+        record.unlink()
+    except OSError as err:  # the merge is done; the record makes the next merge into OUT try again
+        log.warning("%s: merged, but the previous output %s could not be removed yet (%s)", out, aside, err)
 
 
 def _write_durably(path: Path, text: str) -> None:
