@@ -40,12 +40,18 @@ def merge(
     """
     loaded = _loaded(recipe)
     out = Path(out)
-    from mergesmith.write import check_output_folder
+    options = options or MergeOptions()
+    from mergesmith.execute import input_paths
+    from mergesmith.output import check_output_folder, prepare_output
 
-    check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
+    check_output_folder(out, overwrite=True)  # where OUT would go, before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
+    inputs = input_paths(checkpoints)
+    if os.path.isfile(loaded.source):
+        inputs.append(("the recipe", Path(loaded.source)))
+    prepare_output(out, overwrite=options.overwrite, inputs=inputs)  # before the plan reads headers
     planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes)
-    return run_plan(planned, checkpoints, out, options or MergeOptions())
+    return run_plan(planned, checkpoints, out, options)
 
 
 def recipe_from_hub_card(model_id: str) -> LoadedRecipe:

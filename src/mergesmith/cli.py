@@ -55,11 +55,20 @@ def size_option(name: str, default: str, help: str):
 
 
 def _parse_model_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
-    mapping = {}
+    """NAME=DIR, split at the first '=': a model name never holds one (hub ids cannot). More '='
+    are the folder's only when that folder exists; otherwise the value is refused, not guessed at."""
+    mapping: dict[str, Path] = {}
     for value in values:
         name, sep, folder = value.partition("=")
         if not sep or not name or not folder:
             raise click.BadParameter(f"{value!r}: write NAME=DIR, e.g. Sao10K/Fimbulvetr-11B-v2=/models/fimbulvetr")
+        if "=" in folder and not Path(folder).expanduser().is_dir():
+            raise click.BadParameter(
+                f"{value!r}: more than one '='. A model name has no '=', so this reads as NAME {name!r} and "
+                f"DIR {folder!r}, which is not a folder; write NAME=DIR (a DIR whose path holds '=' must exist)"
+            )
+        if mapping.get(name, Path(folder)) != Path(folder):
+            raise click.BadParameter(f"{name!r} is given two folders ({mapping[name]} and {folder}); give one")
         mapping[name] = Path(folder)
     return mapping
 

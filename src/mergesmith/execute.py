@@ -19,9 +19,10 @@ from mergesmith.checkpoints.safetensors_file import piece_spans, read_into
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
 from mergesmith.errors import MergeError, MergesmithError
 from mergesmith.methods import get_method
+from mergesmith.output import STAGING_MARKER, staging_folder
 from mergesmith.plan import Plan, PlanEntry
 from mergesmith.vocabulary import align_rows
-from mergesmith.write import Journal, ShardWriter, layout_shards, staging_folder, write_metadata
+from mergesmith.write import Journal, ShardWriter, layout_shards, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ def run_plan(
         import_torch_in_background()
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
-    needed = sum(layout.sizes)
-    with staging_folder(out, overwrite=options.overwrite, needed_bytes=needed, resume=options.resume) as folder:
+    needed = sum(layout.sizes) + sum(path.stat().st_size for path in copied.values() if path is not None)
+    inputs = input_paths(checkpoints)
+    with staging_folder(
+        out, overwrite=options.overwrite, needed_bytes=needed, resume=options.resume, inputs=inputs
+    ) as folder:
         journal = Journal(folder, merge_id(plan, layout, checkpoints), options.random_seed, resume=options.resume)
         seed = journal.seed
         if is_random and options.random_seed is None and not journal.resumed:
@@ -113,11 +117,28 @@ def run_plan(
             journal.close(keep=not ok)
         card = model_card(plan, random_seed=seed if is_random else None)
         write_metadata(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
-        files = tuple(sorted(p.name for p in folder.iterdir()))
+        files = tuple(sorted(p.name for p in folder.iterdir() if p.name != STAGING_MARKER))
     elapsed = time.perf_counter() - started
     total = sum(e.nbytes for e in plan.entries)
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
     return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
+
+
+def input_paths(checkpoints: Mapping[str, Checkpoint]) -> list[tuple[str, Path]]:
+    """Every folder a merge reads, by model: the model's folder, the folders its weight files
+    really lie in (shards linked from elsewhere), and for a hub model its whole cache folder
+    (models--org--name, whose snapshots link into its blobs). OUT must keep apart from all of them."""
+    paths = []
+    for name, checkpoint in checkpoints.items():
+        what = f"model {name!r}"
+        paths.append((what, checkpoint.folder))
+        if checkpoint.ref.folder is None and checkpoint.folder.parent.name == "snapshots":
+            paths.append((what, checkpoint.folder.parent.parent))
+        for filename in sorted(set(checkpoint.weight_map.values())):
+            weights = checkpoint.folder / filename
+            if weights.exists():
+                paths.append((what, weights.resolve().parent))
+    return paths
 
 
 def import_torch_in_background() -> None:

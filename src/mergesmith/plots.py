@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import MergesmithError, OutputError
 from mergesmith.evaluate import Evaluation
+from mergesmith.output import DISK_FULL, FREE_SPACE_HINT
 from mergesmith.plan import Plan
 
 
@@ -28,7 +31,10 @@ def plot_evaluation(result: Evaluation, folder: str | os.PathLike[str]) -> list[
     logit_lens_kl.png. Returns the files written."""
     plt = _pyplot()
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(folder, err, "create the folder for the plots") from err
     written = []
     fig, (norms, ratios) = plt.subplots(1, 2, figsize=(11, 4))
     for report, style in ((result.model, "-o"), (result.base, "--s")):
@@ -108,7 +114,27 @@ def _relative_depth(count: int) -> list[float]:
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Write the PNG whole or not at all: drawn into a hidden file beside `path`, then renamed."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        fig.savefig(partial, dpi=110, format="png")
+        os.replace(partial, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):  # not there when its folder is missing
+            partial.unlink(missing_ok=True)
+        raise _unwritable(path, err, "write the picture") from err
+    finally:
+        plt.close(fig)
     return path
+
+
+def _unwritable(path: Path, err: OSError, doing: str) -> OutputError:
+    """Why a plot cannot be written where the user asked, and what to give instead."""
+    hints = {
+        errno.ENOENT: f"create the folder first: mkdir -p {path.parent}",
+        errno.ENOTDIR: "a folder on the path is a file; give a path inside a folder",
+        errno.EISDIR: f"{path} is a folder; give a file name such as {path / 'plan.png'}",
+        **{code: FREE_SPACE_HINT for code in DISK_FULL},
+    }
+    hint = hints.get(err.errno or 0, "choose a place you can write to")
+    return OutputError(f"{path}: cannot {doing} ({err.strerror or err})", hint=hint)

@@ -1,9 +1,12 @@
-"""Everything that creates files: the temporary output folder, shards, index, config, card.
+"""Everything that creates files in the output: shards, index, config, card, the resume journal.
 
 Shards are laid out from the plan before any tensor exists: each header is final when the file is
 created, and each tensor's bytes are written straight into place (`os.pwrite`) as soon as they are
-ready. No shard is ever held in memory. The folder is built beside OUT and renamed into place only
-when complete; on any error it is removed, and OUT is as it was.
+ready. No shard is ever held in memory. The files are written into the staging folder that
+output.py makes beside OUT and renames into place only when complete.
+
+Files are opened with O_NOFOLLOW: a staging folder that is resumed is the user's to edit, and a
+link planted at a shard's name must not make the merge write through it into another file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import os
 import secrets
 import shutil
 import threading
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +32,8 @@ from mergesmith.checkpoints.names import (
     shard_name,
 )
 from mergesmith.checkpoints.tokenizer import CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG, TOKENIZER_JSON
-from mergesmith.errors import OutputError
+from mergesmith.errors import MergesmithError, OutputError
+from mergesmith.output import write_error
 from mergesmith.plan import Plan
 from mergesmith.vocabulary import Vocabulary
 
@@ -118,12 +121,16 @@ class ShardWriter:
         self.layout = layout
         self.fds: list[int] = []
         self.crcs: dict[str, int] = {}
-        for filename, header, size in zip(layout.filenames, layout.headers, layout.sizes):
-            flags = os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC)
-            fd = os.open(folder / filename, flags, 0o644)
-            self.fds.append(fd)
-            os.ftruncate(fd, size)
-            _pwrite_all(fd, header, 0)
+        self.paths = [folder / filename for filename in layout.filenames]
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if keep else os.O_TRUNC)
+        for path, header, size in zip(self.paths, layout.headers, layout.sizes):
+            with writing(path):
+                if not keep or os.path.islink(path):  # a link is replaced, never written through
+                    path.unlink(missing_ok=True)
+                fd = os.open(path, flags, 0o644)
+                self.fds.append(fd)
+                os.ftruncate(fd, size)
+                _pwrite_all(fd, header, 0)
         self.writeback = _Writeback(self.fds)
 
     def write(self, name: str, offset: int, data: bytes | bytearray | memoryview, *, checksum: bool = True) -> None:
@@ -134,7 +141,8 @@ class ShardWriter:
             raise ValueError(f"{name}: {offset + len(data)} bytes exceed its {slot.nbytes}-byte slot")
         if checksum:
             self.crcs[name] = zlib.crc32(data, self.crcs.get(name, 0) if offset else 0)
-        _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
+        with writing(self.paths[slot.shard]):
+            _pwrite_all(self.fds[slot.shard], data, slot.offset + offset)
 
     def crc_on_disk(self, name: str, chunk: int = 64 * 2**20) -> int:
         """CRC-32 of the bytes a tensor's slot holds now."""
@@ -147,11 +155,15 @@ class ShardWriter:
 
     def close(self, *, sync: bool) -> None:
         self.writeback.stop()
-        for fd in self.fds:
-            if sync:
-                os.fsync(fd)
-            os.close(fd)
-        self.fds = []
+        try:
+            for path, fd in zip(self.paths, self.fds):
+                if sync:
+                    with writing(path):
+                        os.fsync(fd)  # a full disk can show itself only here
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = []
 
 
 class Journal:
@@ -165,44 +177,63 @@ class Journal:
     """
 
     FILENAME = ".mergesmith-progress.jsonl"
+    MAX_BYTES = 64 * 2**20  # about 400,000 tensors' lines; a larger file is not one we wrote
 
     def __init__(self, folder: Path, merge_id: str, seed: int | None, *, resume: bool) -> None:
         """`seed`: the one asked for, or None to draw one (or take the interrupted merge's)."""
         self.path = folder / self.FILENAME
         self.done: dict[str, int] = {}
-        header = self._read(merge_id, seed) if resume and self.path.exists() else None
+        header = self._read(merge_id, seed) if resume and os.path.lexists(self.path) else None
         self.resumed = header is not None
         self.seed: int = header["seed"] if header else (seed if seed is not None else secrets.randbits(32))
         self.lock = threading.Lock()
-        self.file = open(self.path, "a" if self.resumed else "w", encoding="utf-8")  # noqa: SIM115 (see close)
-        if not self.resumed:
-            self.file.write(json.dumps({"merge": merge_id, "seed": self.seed}) + "\n")
-            self.file.flush()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if self.resumed else os.O_TRUNC)
+        with writing(self.path):
+            if not self.resumed:  # whatever is at its name (a link included) is replaced
+                self.path.unlink(missing_ok=True)
+            self.file = os.fdopen(os.open(self.path, flags, 0o644), "a", encoding="utf-8")
+            if not self.resumed:
+                self.file.write(json.dumps({"merge": merge_id, "seed": self.seed}) + "\n")
+                self.file.flush()
 
     def _read(self, merge_id: str, seed: int | None) -> dict | None:
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        try:
-            header = json.loads(lines[0])
-        except (ValueError, IndexError):
+        """The interrupted merge's first line, with `done` filled from the others; None to start over.
+        The file lies in the user's folder: every line is checked, and one that is not a record
+        mergesmith writes is skipped (its tensor, if any, is written again)."""
+        lines = self._lines()
+        header = _json_line(lines[0]) if lines else None
+        seed_found = header.get("seed") if isinstance(header, dict) else None
+        if not _is_int(seed_found, -(2**128), 2**128) or not isinstance(header, dict) or "merge" not in header:
+            log.warning("%s: the progress journal is not one mergesmith wrote; starting over", self.path.parent)
             return None
-        if not isinstance(header, dict) or header.get("merge") != merge_id or not isinstance(header.get("seed"), int):
+        if header["merge"] != merge_id:
             log.warning(
                 "%s: the interrupted merge differs from this one (recipe, inputs or options); starting over",
                 self.path.parent,
             )
             return None
-        if seed is not None and header["seed"] != seed:
-            log.warning(
-                "%s: the interrupted merge used --random-seed %d; starting over", self.path.parent, header["seed"]
-            )
+        if seed is not None and seed_found != seed:
+            log.warning("%s: the interrupted merge used --random-seed %d; starting over", self.path.parent, seed_found)
             return None
+        skipped = 0
         for line in lines[1:]:
-            try:
-                record = json.loads(line)
-                self.done[str(record["tensor"])] = int(record["crc32"])
-            except (ValueError, KeyError, TypeError):
-                break  # a line torn by the kill: what follows it was never written
+            record = _json_line(line)
+            tensor, crc = (record.get("tensor"), record.get("crc32")) if isinstance(record, dict) else (None, None)
+            if isinstance(tensor, str) and _is_int(crc, 0, 2**32):
+                self.done[tensor] = crc
+            else:
+                skipped += 1
+        if skipped:
+            log.warning("%s: skipped %d unreadable lines of the progress journal", self.path.parent, skipped)
         return header
+
+    def _lines(self) -> list[str]:
+        try:
+            with os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+                data = file.read(self.MAX_BYTES + 1)
+        except OSError:
+            return []
+        return [] if len(data) > self.MAX_BYTES else data.decode("utf-8", errors="replace").splitlines()
 
     def verified(self, writer: ShardWriter) -> set[str]:
         """The listed tensors whose bytes in the shards still match their checksum."""
@@ -211,14 +242,45 @@ class Journal:
         }
 
     def record(self, name: str, crc: int) -> None:
-        with self.lock:
+        with self.lock, writing(self.path):
             self.file.write(json.dumps({"tensor": name, "crc32": crc}) + "\n")
             self.file.flush()  # to the kernel: survives the process being killed
 
     def close(self, *, keep: bool = False) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # nothing was left to flush: each line is flushed as it is recorded
         if not keep:
             self.path.unlink(missing_ok=True)
+
+
+def _json_line(line: str) -> object:
+    """A JSON value, or None for anything else: NaN and infinities, deep nesting, huge numbers."""
+    try:
+        return json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a journal holds")
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    """A JSON integer (not a boolean) in [low, high)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OSErrors met writing `path` become OutputErrors naming it (a full disk says how to fix it)."""
+    try:
+        yield
+    except MergesmithError:
+        raise
+    except OSError as err:
+        raise write_error(path, err) from err
 
 
 class _Writeback:
@@ -281,22 +343,31 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 
 def write_metadata(folder: Path, plan: Plan, layout: ShardLayout, copied: dict[str, Path], card: str) -> None:
     """config.json, the index (when sharded), copied donor files, the card and the recipe."""
-    (folder / CONFIG).write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _write_text(folder / CONFIG, json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
     if len(layout.filenames) > 1:
         index = {
             "metadata": {"total_size": sum(e.nbytes for e in plan.entries)},
             "weight_map": {name: layout.filenames[slot.shard] for name, slot in sorted(layout.slots.items())},
         }
-        (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        _write_text(folder / SAFETENSORS_INDEX, json.dumps(index, indent=2) + "\n")
     written = _tokenizer_files(plan, copied)
     for filename, text in written.items():
         if text is not None:
-            (folder / filename).write_text(text, encoding="utf-8")
+            _write_text(folder / filename, text)
     for filename, source in copied.items():
         if filename not in written:
-            shutil.copyfile(source, folder / filename)
-    (folder / "README.md").write_text(card, encoding="utf-8")
-    (folder / "mergesmith_config.yml").write_text(plan.recipe_text, encoding="utf-8")
+            with writing(folder / filename):
+                (folder / filename).unlink(missing_ok=True)  # see _write_text
+                shutil.copyfile(source, folder / filename)
+    _write_text(folder / "README.md", card)
+    _write_text(folder / "mergesmith_config.yml", plan.recipe_text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """A new file `path` (whatever a resumed folder held at that name is replaced, links not followed)."""
+    with writing(path):
+        path.unlink(missing_ok=True)
+        path.write_text(text, encoding="utf-8")
 
 
 def _tokenizer_files(plan: Plan, copied: dict[str, Path]) -> dict[str, str | None]:
@@ -355,73 +426,3 @@ def _read_json(path: Path) -> dict:
 
 def _json(data: object) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-
-def check_output_folder(out: Path, *, overwrite: bool) -> None:
-    """Refuse an existing non-empty OUT unless `overwrite`; refuse a file where a folder should be."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder", hint="choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(
-            f"{out}: folder exists and is not empty", hint="choose another path, or pass --overwrite to replace it"
-        )
-    if not out.parent.exists():
-        raise OutputError(f"{out.parent}: parent folder does not exist", hint=f"create it first: mkdir -p {out.parent}")
-
-
-def check_free_space(folder: Path, needed_bytes: int) -> None:
-    """Refuse to start a merge whose output cannot fit on the disk (checked before any work)."""
-    free = shutil.disk_usage(folder).free
-    if free < needed_bytes:
-        raise OutputError(
-            f"{folder}: {needed_bytes / 1e9:.2f} GB needed for the merged model, {free / 1e9:.2f} GB free",
-            hint="free some space or choose an output folder on another disk",
-        )
-
-
-def partial_folder(out: Path) -> Path:
-    """Where a merge into `out` is built: left behind only if the process is killed (--resume)."""
-    return out.parent / f".{out.name}.partial"
-
-
-@contextmanager
-def staging_folder(out: Path, *, overwrite: bool, needed_bytes: int = 0, resume: bool = False) -> Iterator[Path]:
-    """A temporary folder beside `out`, renamed to `out` when the block ends without error.
-
-    `out` and the free space for `needed_bytes` are checked first. On any exception
-    (KeyboardInterrupt included) the temporary folder is removed and `out` is left exactly as it was;
-    only a killed process leaves it, and `resume` then builds on it.
-    """
-    check_output_folder(out, overwrite=overwrite)
-    staging = partial_folder(out)
-    if staging.exists() and not resume:
-        log.warning("%s: removing an interrupted merge's files (--resume continues one instead)", staging)
-        shutil.rmtree(staging)
-    fresh = not staging.exists()
-    try:
-        staging.mkdir(exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{out.parent}: cannot create the output there ({err.strerror or err})") from None
-    try:
-        if fresh:
-            check_free_space(out.parent, needed_bytes)
-        yield staging
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    # OUT exists (empty, or --overwrite): move it aside, move ours in, then delete the old one.
-    aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out, aside)
-    try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
