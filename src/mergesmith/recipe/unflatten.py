@@ -14,6 +14,7 @@ line, up to the end of that line's block), so the rebuild is linear in the recip
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import functools
 import re
@@ -121,7 +122,7 @@ class Rebuilt:
 @dataclass
 class _Trial:
     closed_at: tuple[int, int] | None  # (line index, depth) where it left its block; None: at the end
-    frame: _Frame  # the block it rebuilt
+    data: Any  # the block it rebuilt (with `keep`)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def unflatten(
 def dump(data: dict[str, Any]) -> str:
     """YAML with lists of scalars in flow style ([0, 4]), as recipes are usually written."""
 
-    class Dumper(yaml.SafeDumper):
+    class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml: 10x faster
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
@@ -203,7 +204,8 @@ def _scalar(line: _Line) -> Any:
     if line.value is None:
         return None
     try:
-        return copy.deepcopy(_load_scalar(line.value))  # a fresh object: lists are not shared
+        value = _load_scalar(line.value)
+        return copy.deepcopy(value) if isinstance(value, (list, dict)) else value  # never shared between lines
     except yaml.YAMLError as err:
         raise RecipeError(f"line {line.number}: cannot read the value {line.value!r} ({err})") from None
 
@@ -231,6 +233,7 @@ class _Parser:
     def __init__(self, lines: list[_Line], *, per_model: set[str] | None, all_params: set[str] | None) -> None:
         self.lines, self.per_model, self.all_params = lines, per_model, all_params
         self.pending: list[_Pending] = []
+        self.undo: list[Any] | None = None  # while a trial runs: how to take its writes back
         self.full: list[Alternative] = []
 
     def run(self) -> Rebuilt:
@@ -309,37 +312,61 @@ class _Parser:
         chosen = survivors[-1]
         for depth in survivors[:-1] if record else ():
             # Each other placement against the chosen one, over the block they share.
-            main, other = self._trial(stack, index, chosen, depth), self._trial(stack, index, depth, depth)
+            main = self._trial(stack, index, chosen, depth, keep=True)
+            other = self._trial(stack, index, depth, depth, keep=True)
             if main is not None and other is not None:
                 self._keep(stack, index, chosen, main, depth, other)
         return chosen
 
-    def _trial(self, stack: list[_Frame], index: int, depth: int, root: int) -> _Trial | None:
+    def _trial(self, stack: list[_Frame], index: int, depth: int, root: int, *, keep: bool = False) -> _Trial | None:
         """Read on from placing line `index` at `depth`, innermost first, until a line leaves the
-        block at `root` (the frames above it are shared and left untouched). None if it dies."""
-        trial = _copy_from(stack, root)
+        block at `root`. None if the reading dies. The trial writes into the recipe being built and
+        takes its writes back, so a trial costs the lines it reads, not the recipe's size. With
+        `keep`, the block at `root` as the trial left it is returned (a copy)."""
+        trial = [dataclasses.replace(frame) for frame in stack]  # frames of its own, shared data
+        self.undo = []
         try:
+            closed_at: tuple[int, int] | None = None
             self._attach(trial, depth, self.lines[index])
             for later in range(index + 1, len(self.lines)):
                 choices = self._candidates(trial, self.lines[later])
                 if not choices:
                     return None
                 if choices[-1] < root:
-                    return _Trial((later, choices[-1]), trial[root])
+                    closed_at = (later, choices[-1])
+                    break
                 self._attach(trial, choices[-1], self.lines[later])
+            return _Trial(closed_at, copy.deepcopy(trial[root].data) if keep else None)
         except RecipeError:
             return None
-        return _Trial(None, trial[root])
+        finally:
+            self._roll_back()
+
+    def _roll_back(self) -> None:
+        for undo in reversed(self.undo or ()):
+            undo()
+        self.undo = None
+
+    def _set(self, mapping: dict[str, Any], key: str, value: Any) -> None:
+        if self.undo is not None:
+            restore = functools.partial(mapping.__setitem__, key, mapping[key]) if key in mapping else None
+            self.undo.append(restore or functools.partial(mapping.pop, key))
+        mapping[key] = value
+
+    def _append(self, items: list[Any], value: Any) -> None:
+        if self.undo is not None:
+            self.undo.append(items.pop)
+        items.append(value)
 
     def _keep(self, stack: list[_Frame], index: int, chosen: int, main: _Trial, other: int, trial: _Trial) -> None:
         if main.closed_at != trial.closed_at:  # the readings part for good: follow this one to the end
             self._follow(stack, index, chosen, other)
             return
-        if main.frame.data == trial.frame.data:
+        if main.data == trial.data:
             return
         root = stack[min(chosen, other)]
         where = (_path(stack[chosen].loc), _path(stack[other].loc))
-        self.pending.append(_Pending(index, root.loc, root.kind, trial.frame.data, *where))
+        self.pending.append(_Pending(index, root.loc, root.kind, trial.data, *where))
 
     def _follow(self, stack: list[_Frame], index: int, chosen: int, other: int) -> None:
         if len(self.full) > MAX_ALTERNATIVES:
@@ -387,17 +414,17 @@ class _Parser:
         if frame.kind == "setting" and frame.data is None:  # the first line fixes the setting's shape
             frame.data = [] if line.is_item else {}
             assert frame.parent is not None
-            frame.parent[frame.key] = frame.data
+            self._set(frame.parent, frame.key, frame.data)
         if not line.is_item:
             self._attach_key(stack, frame, line)
             return
         if line.key is None:
-            frame.data.append(_scalar(line))
+            self._append(frame.data, _scalar(line))
             return
         item_kind = "condition" if frame.kind == "setting" else frame.kind[5:]
         item: dict[str, Any] = {}
         stack.append(_Frame(item_kind, (*frame.loc, len(frame.data)), item))
-        frame.data.append(item)
+        self._append(frame.data, item)
         self._attach_key(stack, stack[-1], line)
 
     def _attach_key(self, stack: list[_Frame], frame: _Frame, line: _Line) -> None:
@@ -405,14 +432,14 @@ class _Parser:
         child = _child_kind(frame, line.key)
         loc = (*frame.loc, line.key)
         if line.value is not None:
-            frame.data[line.key] = _scalar(line)
+            self._set(frame.data, line.key, _scalar(line))
             return
         if child == "setting":  # shape decided by the next line
-            frame.data[line.key] = None
+            self._set(frame.data, line.key, None)
             stack.append(_Frame("setting", loc, None, parent=frame.data, key=line.key))
             return
         # An empty value opens a block: a list for list kinds, else a mapping.
-        frame.data[line.key] = [] if child.startswith("list:") else {}
+        self._set(frame.data, line.key, [] if child.startswith("list:") else {})
         stack.append(_Frame(child, loc, frame.data[line.key]))
 
 
@@ -440,12 +467,6 @@ def _unknown_top_key(top: _Frame, line: _Line) -> bool:
         and line.key not in top.data
         and not difflib.get_close_matches(line.key, _KEYS, n=1, cutoff=0.8)  # a typo stays an error
     )
-
-
-def _copy_from(stack: list[_Frame], root: int) -> list[_Frame]:
-    """The stack with its frames from `root` down copied (their data too); the frames above are shared."""
-    memo: dict[int, Any] = {id(frame.data): frame.data for frame in stack[:root]}
-    return stack[:root] + copy.deepcopy(stack[root:], memo)
 
 
 def _at(data: Any, loc: tuple[str | int, ...]) -> Any:
