@@ -90,6 +90,7 @@ class _Line:
     is_item: bool
     key: str | None
     value: str | None  # raw YAML text after "key: " or "- "; None when the line opens a block
+    indent: int = 0  # what is left of its indentation: an indented key is not a top-level key
 
 
 @dataclass
@@ -136,16 +137,22 @@ class _Pending:
 
 
 def is_flattened(text: str) -> bool:
-    """True when no content line is indented (and there is more than one line)."""
+    """True when (almost) no content line is indented: at most one in five, as when only the part
+    of a flattened recipe that reads two ways has had its indentation restored."""
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return len(lines) > 1 and all(not line[0].isspace() for line in lines)
+    indented = sum(1 for line in lines if line[0].isspace())
+    return len(lines) > 1 and indented * 5 <= len(lines)
 
 
 def lost_indentation(text: str) -> bool:
-    """Flattened, and some key opens a block that is not a list: YAML would read that key as empty."""
+    """Flattened, and some key opens a block that is not a list, with the next line no deeper:
+    YAML would read that key as empty."""
+    if not is_flattened(text):
+        return False
     lines = _tokenize(text)
-    return is_flattened(text) and any(
-        line.key is not None and line.value is None and not after.is_item for line, after in zip(lines, lines[1:])
+    return any(
+        line.key is not None and line.value is None and not after.is_item and after.indent <= line.indent
+        for line, after in zip(lines, lines[1:])
     )
 
 
@@ -196,7 +203,7 @@ def _tokenize(text: str) -> list[_Line]:
             value = match["scalar"] or None
         if value is not None and value.startswith("#"):  # `key: # note` opens a block
             value = None
-        result.append(_Line(number, bool(match["item"]), key, value))
+        result.append(_Line(number, bool(match["item"]), key, value, len(raw) - len(raw.lstrip())))
     return result
 
 
@@ -267,6 +274,8 @@ class _Parser:
     def _candidates(self, stack: list[_Frame], line: _Line) -> list[int]:
         """Depths of the open frames that accept `line`, outermost first."""
         depths = [depth for depth, frame in enumerate(stack) if self._accepts(frame, line)]
+        if line.indent and not line.is_item:
+            depths = [depth for depth in depths if depth > 0]
         if not depths and _unknown_top_key(stack[0], line):
             depths = [0]  # `name: x`: a key of no block (mergekit tolerates some at the top level)
         return depths
