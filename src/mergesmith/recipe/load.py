@@ -95,6 +95,8 @@ def _one_of(blocks: list[CardBlock], source: str) -> LoadedRecipe:
 
 
 def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> LoadedRecipe:
+    if not from_card and looks_like_prose(text):  # a page without code blocks, not a broken recipe
+        raise no_recipe(source)
     if lost_indentation(text):  # YAML would read the keys that open blocks as empty
         return _rebuilt(text, source, offset, from_card)
     try:
@@ -104,11 +106,7 @@ def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> Loa
     except yaml.YAMLError as err:
         if is_flattened(text):  # the usual cause: indentation lost on the way
             return _rebuilt(text, source, offset, from_card)
-        if not from_card and looks_like_prose(text):
-            raise no_recipe(source) from None
         raise RecipeError(f"{source}: {_describe_yaml_error(err, offset)}", hint=_yaml_hint(err)) from None
-    if not from_card and not isinstance(data, dict) and looks_like_prose(text):
-        raise no_recipe(source)
     try:
         return dataclasses.replace(_validate(text, source, data), from_card=from_card)
     except RecipeError:
