@@ -124,7 +124,9 @@ def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedReci
     other reading that validates."""
     from mergesmith.methods import METHODS
 
-    names = {name: {p.name for p in spec.params} for name, (spec, _) in METHODS.items()}
+    # A parameters block takes any method's parameter (a method ignores another's, with a warning).
+    known = {p.name for spec, _ in METHODS.values() for p in spec.params}
+    names = {name: known for name in METHODS}
     per_model = {name: {p.name for p in spec.params if p.per_input} for name, (spec, _) in METHODS.items()}
     try:
         rebuilt = unflatten(text, method_params=names, per_model=per_model)

@@ -276,8 +276,10 @@ class _Parser:
         depths = [depth for depth, frame in enumerate(stack) if self._accepts(frame, line)]
         if line.indent and not line.is_item:
             depths = [depth for depth in depths if depth > 0]
-        if not depths and _unknown_top_key(stack[0], line):
-            depths = [0]  # `name: x`: a key of no block (mergekit tolerates some at the top level)
+        if _unknown_top_key(stack[0], line) and 0 not in depths:
+            # `name: x`: a key the top level does not know, which mergekit ignores there; a reading
+            # if the schema takes it (see `_valid`), so a parameter after a block reads both ways.
+            depths = [0, *depths]
         return depths
 
     def _accepts(self, frame: _Frame, line: _Line) -> bool:
