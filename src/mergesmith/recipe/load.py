@@ -105,7 +105,11 @@ def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> Loa
         raise RecipeError(f"{source}: {err.message}", hint=err.hint) from None
     except yaml.YAMLError as err:
         if is_flattened(text):  # the usual cause: indentation lost on the way
-            return _rebuilt(text, source, offset, from_card)
+            try:
+                return _rebuilt(text, source, offset, from_card)
+            except RecipeError:
+                if not any(line[:1].isspace() for line in text.splitlines() if line.strip()):
+                    raise  # wholly flat: the rebuild's message is the useful one
         raise RecipeError(f"{source}: {_describe_yaml_error(err, offset)}", hint=_yaml_hint(err)) from None
     try:
         return dataclasses.replace(_validate(text, source, data), from_card=from_card)
