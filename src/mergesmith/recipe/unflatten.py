@@ -14,7 +14,6 @@ line, up to the end of that line's block), so the rebuild is linear in the recip
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import functools
 import re
@@ -212,7 +211,7 @@ def _scalar(line: _Line) -> Any:
         return None
     try:
         value = _load_scalar(line.value)
-        return copy.deepcopy(value) if isinstance(value, (list, dict)) else value  # never shared between lines
+        return _clone(value)  # never shared between lines
     except yaml.YAMLError as err:
         raise RecipeError(f"line {line.number}: cannot read the value {line.value!r} ({err})") from None
 
@@ -317,16 +316,16 @@ class _Parser:
         A placement survives if its reading lives until it leaves the placement's own block. Each
         other survivor is compared with the innermost over the block they share.
         """
-        survivors = [depth for depth in depths if self._trial(stack, index, depth, depth) is not None]
+        own = {depth: self._trial(stack, index, depth, depth, keep=record) for depth in depths}
+        survivors = [depth for depth, trial in own.items() if trial is not None]
         if len(survivors) < 2:
             return survivors[0] if survivors else depths[-1]  # none: the innermost one reports where
         chosen = survivors[-1]
         for depth in survivors[:-1] if record else ():
             # Each other placement against the chosen one, over the block they share.
             main = self._trial(stack, index, chosen, depth, keep=True)
-            other = self._trial(stack, index, depth, depth, keep=True)
-            if main is not None and other is not None:
-                self._keep(stack, index, chosen, main, depth, other)
+            if main is not None:
+                self._keep(stack, index, chosen, main, depth, own[depth])
         return chosen
 
     def _trial(self, stack: list[_Frame], index: int, depth: int, root: int, *, keep: bool = False) -> _Trial | None:
@@ -334,7 +333,7 @@ class _Parser:
         block at `root`. None if the reading dies. The trial writes into the recipe being built and
         takes its writes back, so a trial costs the lines it reads, not the recipe's size. With
         `keep`, the block at `root` as the trial left it is returned (a copy)."""
-        trial = [dataclasses.replace(frame) for frame in stack]  # frames of its own, shared data
+        trial = [_Frame(f.kind, f.loc, f.data, f.parent, f.key) for f in stack]  # its own frames, shared data
         self.undo = []
         try:
             closed_at: tuple[int, int] | None = None
@@ -347,7 +346,7 @@ class _Parser:
                     closed_at = (later, choices[-1])
                     break
                 self._attach(trial, choices[-1], self.lines[later])
-            return _Trial(closed_at, copy.deepcopy(trial[root].data) if keep else None)
+            return _Trial(closed_at, _clone(trial[root].data) if keep else None)
         except RecipeError:
             return None
         finally:
@@ -369,7 +368,10 @@ class _Parser:
             self.undo.append(items.pop)
         items.append(value)
 
-    def _keep(self, stack: list[_Frame], index: int, chosen: int, main: _Trial, other: int, trial: _Trial) -> None:
+    def _keep(
+        self, stack: list[_Frame], index: int, chosen: int, main: _Trial, other: int, trial: _Trial | None
+    ) -> None:
+        assert trial is not None  # a survivor
         if main.closed_at != trial.closed_at:  # the readings part for good: follow this one to the end
             self._follow(stack, index, chosen, other)
             return
@@ -400,7 +402,7 @@ class _Parser:
         if self._same_merge(result.data, pending.kind, mine, pending.data):
             result.notes.append((line.number, _note(pending.kind, mine)))
             return
-        other = copy.deepcopy(result.data)
+        other = _clone(result.data)
         if pending.loc:
             _at(other, pending.loc[:-1])[pending.loc[-1]] = pending.data
         else:
@@ -476,8 +478,23 @@ def _unknown_top_key(top: _Frame, line: _Line) -> bool:
         and line.key is not None
         and line.value is not None
         and line.key not in top.data
-        and not difflib.get_close_matches(line.key, _KEYS, n=1, cutoff=0.8)  # a typo stays an error
+        and not _is_typo(line.key)
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_typo(key: str) -> bool:
+    # A key close to one of the schema's (`layer_rnage`) stays an error rather than a top-level key.
+    return key in _KEYS or bool(difflib.get_close_matches(key, _KEYS, n=1, cutoff=0.8))
+
+
+def _clone(data: Any) -> Any:
+    """A copy of YAML data (mappings, lists, scalars): deepcopy's work without its bookkeeping."""
+    if isinstance(data, dict):
+        return {key: _clone(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_clone(value) for value in data]
+    return data
 
 
 def _at(data: Any, loc: tuple[str | int, ...]) -> Any:
