@@ -184,3 +184,19 @@ def test_a_card_with_a_flattened_recipe_in_a_details_block_merges(tmp_path, mode
     code, _, err = run_main(capsys, "merge", str(tmp_path / "indented.yaml"), str(tmp_path / "indented"), *models)
     assert code == 0, err
     assert digest(tmp_path / "from-card") == digest(tmp_path / "indented")
+
+
+def test_restoring_one_blocks_indentation_settles_it(tmp_path, models, capsys):
+    # The hint's fix: indent the block that reads two ways; an indented key is never a top-level key.
+    lines = flat(LAST_SOURCE_THEN_TOP).split("\n")
+    assert lines[8:10] == ["parameters:", "scale: 0.5"]
+    lines[8:10] = ["    parameters:", "      scale: 0.5"]
+    (tmp_path / "partly.yaml").write_text("\n".join(lines))
+    # the indented recipe with the block under the last source, as the restored indentation says
+    on_last_source = LAST_SOURCE_THEN_TOP.replace("parameters:\n  scale", "        parameters:\n          scale")
+    (tmp_path / "indented.yaml").write_text(on_last_source)
+    code, _, err = run_main(capsys, "merge", str(tmp_path / "partly.yaml"), str(tmp_path / "partly"), *models)
+    assert code == 0, err
+    code, _, err = run_main(capsys, "merge", str(tmp_path / "indented.yaml"), str(tmp_path / "indented"), *models)
+    assert code == 0, err
+    assert digest(tmp_path / "partly") == digest(tmp_path / "indented")

@@ -275,9 +275,10 @@ class _Parser:
         depths = [depth for depth, frame in enumerate(stack) if self._accepts(frame, line)]
         if line.indent and not line.is_item:
             depths = [depth for depth in depths if depth > 0]
-        if _unknown_top_key(stack[0], line) and 0 not in depths:
-            # `name: x`: a key the top level does not know, which mergekit ignores there; a reading
-            # if the schema takes it (see `_valid`), so a parameter after a block reads both ways.
+        if _unknown_top_key(stack[0], line) and 0 not in depths and line.key not in (self.all_params or ()):
+            # `name: x`: a key the top level does not know (mergekit ignores it there), a reading if
+            # the schema takes it (see `_valid`). Not a parameter's name: mergekit would ignore a
+            # parameter at the top level, so that reading is never the one meant.
             depths = [0, *depths]
         return depths
 

@@ -29,10 +29,10 @@ REFUSED = {
     # `normalize` at the top level (mergekit ignores it) is an unknown key either way.
     "model_stock_top_level_normalize.yaml": "normalize: unknown key",
 }
-# Flattened, `normalize: false` after the `parameters:` block reads as one of its parameters, a
-# recipe the schema takes; the indented card has it at the top level, where the schema refuses it
-# today. Once unknown top-level keys are warnings (issue #14, leniency), both readings remain and the
-# planner compares them.
+# Flattened, `normalize: false` after the `parameters:` block reads as one of its parameters; the
+# indented card has it at the top level, where mergekit ignores it and mergesmith refuses it today.
+# The rebuild never reads a parameter's name as a top-level key (mergekit would ignore it there, so
+# that is never what the author meant), so this card's copy reads as the author presumably intended.
 READS_DIFFERENTLY = {"task_arithmetic_negative_lambda.yaml"}
 
 ALL = sorted(path.name for path in CARDS.glob("*.yaml"))
