@@ -204,3 +204,18 @@ def test_the_flattened_schema_has_every_key_of_the_recipe_schema(kind, model):
             "dict:setting",
             "dict:setting",
         ), key
+
+
+def test_readings_that_part_for_good_are_followed_to_the_end():
+    # Line 5's block read as the slice's leaves the slice no room for line 7's, which then can only
+    # be the recipe's: the two readings go different ways after line 7, and both are kept whole.
+    loaded = parse_recipe(
+        "slices:\n- sources:\n- model: a\nlayer_range: [0, 1]\nparameters:\nweight: 1\nparameters:\nweight: 2\n"
+        "merge_method: linear\n"
+    )
+    assert yaml.safe_load(loaded.text)["slices"][0]["sources"][0]["parameters"] == {"weight": 1}
+    assert yaml.safe_load(loaded.text)["slices"][0]["parameters"] == {"weight": 2}
+    readings = {(r.line, r.chosen, r.where): yaml.safe_load(r.text) for r in loaded.readings}
+    assert set(readings) == {(7, "slices[0]", "the top level"), (5, "slices[0].sources[0]", "slices[0]")}
+    parted = readings[(5, "slices[0].sources[0]", "slices[0]")]
+    assert parted["slices"][0]["parameters"] == {"weight": 1} and parted["parameters"] == {"weight": 2}
