@@ -1,7 +1,7 @@
 """Recipes inside model cards: a fenced YAML block, usually under a "Configuration" heading.
 
 Cards written by mergekit and by mergesmith put the recipe there. People also indent the fence
-(inside `<details>`, under a list item), use `~~~` fences, or paste the HTML of a page, where the
+(inside `<details>`, under a list item, in a `>` quote), use `~~~` fences, or paste the HTML of a page, where the
 recipe is a `<pre><code>` block with its characters escaped; all of these are read. A page copied
 from the hub often loses the recipe's indentation too (see unflatten.py).
 
@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from mergesmith.errors import RecipeError
 
-_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)?)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_FENCE_OPEN = re.compile(
+    r"^(?P<quote>(?:[ \t]*>[ \t]?)*)"  # inside > quotes
+    r"(?P<indent>[ \t]*(?:(?:[-*+]|\d{1,9}[.)])[ \t]+)?)"  # indented, or after a list marker
+    r"(?P<fence>`{3,}|~{3,})(?P<info>.*)$"
+)
+_QUOTE = re.compile(r"^(?:[ \t]*>[ \t]?)")
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$")
 _SUMMARY = re.compile(r"<summary[^>]*>(?P<title>.*?)</summary>", re.I)
 _BOLD_LINE = re.compile(r"^[ \t]*(?:\*\*|__)(?P<title>[^*_]+)(?:\*\*|__):?[ \t]*$")
@@ -91,18 +96,25 @@ def _heading(line: str) -> str | None:
 
 def _read_fence(lines: list[str], start: int, fence: re.Match, heading: str | None, blocks: list[CardBlock]) -> int:
     """Collect a fenced block; returns the index after its closing fence (or the end)."""
-    width = len(fence["indent"])
+    width, quotes = len(fence["indent"]), fence["quote"].count(">")
     mark = fence["fence"]
     body: list[str] = []
     index = start + 1
     while index < len(lines):
-        stripped = lines[index].strip()
+        line = _unquote(lines[index], quotes)  # a fence inside a > blockquote: its lines carry the >
+        stripped = line.strip()
         if stripped.startswith(mark[0] * len(mark)) and not stripped.strip(mark[0]):
             break
-        body.append(_dedent(lines[index], width))
+        body.append(_dedent(line, width))
         index += 1
     blocks.append(CardBlock("\n".join(body) + "\n", start + 2, heading))
     return index + 1
+
+
+def _unquote(line: str, quotes: int) -> str:
+    for _ in range(quotes):
+        line = _QUOTE.sub("", line, count=1)
+    return line
 
 
 def _dedent(line: str, width: int) -> str:

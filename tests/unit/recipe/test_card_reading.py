@@ -42,6 +42,8 @@ CARDS = [
     ("details", "# m\n\n<details><summary>Merge configuration</summary>\n\n  ```yaml\n" + indent(TIES, "  ") + "  ```\n</details>\n"),
     # under a list item, the fence indented by three spaces, body lines too
     ("list item", "# m\n\n1. Configuration:\n\n   ```yaml\n" + indent(TIES, "   ") + "   ```\n"),
+    # inside a > blockquote (a note in a card)
+    ("blockquote", "# m\n\n> **Configuration**\n> ```yaml\n" + indent(TIES, "> ") + "> ```\n"),
     # a ~~~ fence
     ("tilde", "## Configuration\n\n~~~yaml\n" + TIES + "~~~\n"),
     # a four-backtick fence holding a ``` line elsewhere is not closed by it
