@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from mergesmith.checkpoints import open_checkpoints
+from mergesmith.checkpoints import Checkpoint, open_checkpoints
+from mergesmith.errors import MergesmithError, RecipeError
 from mergesmith.execute import MergeOptions, MergeReport, run_plan
 from mergesmith.plan import Plan, plan_merge
 from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
+
+log = logging.getLogger(__name__)
 
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
@@ -22,7 +27,8 @@ def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None,
         >>> len(p.entries)
     """
     loaded = _loaded(recipe)
-    return plan_merge(loaded, open_checkpoints(loaded.recipe.models_to_open(), model_paths), allow_crimes=allow_crimes)
+    checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
+    return plan_readings(loaded, checkpoints, allow_crimes=allow_crimes)[1]
 
 
 def merge(
@@ -45,12 +51,12 @@ def merge(
     from mergesmith.output import check_output_folder, prepare_output
 
     check_output_folder(out, overwrite=True)  # where OUT would go, before any model is opened
-    checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
+    checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
     inputs = input_paths(checkpoints)
     if os.path.isfile(loaded.source):
         inputs.append(("the recipe", Path(loaded.source)))
     prepare_output(out, overwrite=options.overwrite, inputs=inputs)  # before the plan reads headers
-    planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes)
+    planned = plan_readings(loaded, checkpoints, allow_crimes=allow_crimes)[1]
     return run_plan(planned, checkpoints, out, options)
 
 
@@ -62,7 +68,6 @@ def recipe_from_hub_card(model_id: str) -> LoadedRecipe:
     """
     from mergesmith.checkpoints import resolve_reference
     from mergesmith.checkpoints.hub import fetch_file
-    from mergesmith.errors import RecipeError
 
     ref = resolve_reference(model_id)
     if ref.repo_id is None:
@@ -70,7 +75,59 @@ def recipe_from_hub_card(model_id: str) -> LoadedRecipe:
     path = fetch_file(ref, "README.md")
     if path is None:
         raise RecipeError(f"--from-card {model_id}: the model has no card (README.md)")
-    return parse_recipe(path.read_text(encoding="utf-8"), source=f"{model_id} (model card)")
+    from mergesmith.recipe.yaml_text import read_text
+
+    return parse_recipe(read_text(path, what="model card"), source=f"{model_id} (model card)")
+
+
+def plan_readings(
+    loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, allow_crimes: bool = False
+) -> tuple[LoadedRecipe, Plan]:
+    """Plan a recipe, and every other reading of a rebuilt one (see LoadedRecipe.readings).
+
+    Readings that fail to plan are dropped; the rest must give the same plan, else a RecipeError
+    names the line and both readings. Returns the reading taken and its plan.
+    """
+    candidates = [(None, loaded)] + [
+        (reading, dataclasses.replace(loaded, recipe=reading.recipe, text=reading.text, readings=()))
+        for reading in loaded.readings
+    ]
+    planned, failures = [], []
+    for reading, candidate in candidates:
+        try:
+            planned.append((reading, candidate, plan_merge(candidate, checkpoints, allow_crimes=allow_crimes)))
+        except MergesmithError as err:
+            failures.append(err)
+    if not planned:
+        raise failures[0]
+    first_reading, first, first_plan = planned[0]
+    for reading, _, other in planned[1:]:
+        if _merge_of(other) != _merge_of(first_plan):
+            assert reading is not None  # only the main reading has none, and it comes first
+            raise RecipeError(
+                f"{loaded.source}: line {reading.line}: {reading.what} could belong to {reading.chosen} or to "
+                f"{reading.where}, and the readings give different merges",
+                hint="restore the indentation of that part of the recipe so that only one reading remains",
+            )
+    if first_reading is not None:
+        log.warning(
+            "%s: line %d: %s read as %s's: the reading that puts it under %s does not plan (%s)",
+            loaded.source, first_reading.line, first_reading.what, first_reading.where, first_reading.chosen,
+            failures[0].message,
+        )
+    return first, first_plan
+
+
+def _merge_of(planned: Plan) -> tuple[object, ...]:
+    """What two readings must agree on: every output tensor's recipe, and the output config."""
+    return (planned.entries, dict(planned.config), planned.base_model, planned.donor, planned.vocabulary)
+
+
+def _models_to_open(loaded: LoadedRecipe) -> list[str]:
+    models = loaded.recipe.models_to_open()
+    for reading in loaded.readings:
+        models += [model for model in reading.recipe.models_to_open() if model not in models]
+    return models
 
 
 def _loaded(recipe: RecipeSource) -> LoadedRecipe:

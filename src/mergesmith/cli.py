@@ -355,6 +355,8 @@ def _read_recipe(path: Path | None, from_card: str | None, *, quiet: bool, echo:
         click.echo(f"{loaded.source}: the recipe had lost its indentation; rebuilt from the schema:", err=True)
         for note in loaded.notes:
             click.echo(f"  note: {note}", err=True)
+        for other in loaded.readings:  # plan and merge compare them (api.plan_readings)
+            click.echo(f"  note: line {other.line}: {other.what} also reads as {other.where}'s", err=True)
         if echo:
             click.echo("\n".join("    " + line for line in loaded.text.rstrip().splitlines()), err=True)
     return loaded

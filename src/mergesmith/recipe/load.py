@@ -16,9 +16,23 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergesmith.errors import RecipeError
-from mergesmith.recipe.card import looks_like_card, recipe_block
+from mergesmith.recipe.card import CardBlock, card_blocks, looks_like_card, looks_like_prose, no_recipe, recipe_blocks
 from mergesmith.recipe.schema import Recipe
-from mergesmith.recipe.unflatten import Rebuilt, dump, is_flattened, unflatten
+from mergesmith.recipe.unflatten import Rebuilt, dump, is_flattened, lost_indentation, unflatten
+from mergesmith.recipe.yaml_text import load_yaml, read_text
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Another reading of a recipe that lost its indentation: `what` at `line` placed under `where`
+    instead of `chosen`. The planner plans every reading; they must give the same merge."""
+
+    line: int  # counted from the top of the file (or card)
+    what: str  # "'parameters'"
+    chosen: str  # where the main reading places it: "models[2]"
+    where: str  # where this one does: "the top level"
+    recipe: Recipe
+    text: str
 
 
 @dataclass(frozen=True)
@@ -31,24 +45,18 @@ class LoadedRecipe:
     from_card: bool = False  # taken from a model card's Configuration block
     rebuilt: bool = False  # the indentation was lost and has been restored from the schema
     notes: tuple[str, ...] = ()  # choices made while restoring it
+    readings: tuple[Reading, ...] = ()  # other readings of a rebuilt recipe, for the planner to compare
 
 
 def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
-    """Read and validate a recipe file.
+    """Read and validate a recipe file (or a model card holding one).
 
     Example:
         >>> loaded = load_recipe("examples/fimbulvetr-11b-v2-47-layers.yaml")
         >>> loaded.recipe.merge_method
         'passthrough'
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: cannot read the recipe ({err})") from None
-    return parse_recipe(text, source=str(path))
+    return parse_recipe(read_text(path), source=str(Path(path)))
 
 
 def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
@@ -56,16 +64,52 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
 
     A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
     """
-    from_card = looks_like_card(text)
-    offset = 0
-    if from_card:
-        block = recipe_block(text, source)
-        text, offset = block.text, block.line - 1
+    if not looks_like_card(text):
+        return _parse_block(text, source, 0, from_card=False)
+    blocks = recipe_blocks(card_blocks(text))
+    if not blocks:
+        raise no_recipe(source)
+    if len(blocks) == 1:
+        return _parse_block(blocks[0].text, source, blocks[0].line - 1, from_card=True)
+    return _one_of(blocks, source)
+
+
+def _one_of(blocks: list[CardBlock], source: str) -> LoadedRecipe:
+    """Of several blocks that read as recipes, the one that loads; an error if not exactly one."""
+    loaded = []
+    for block in blocks:
+        try:
+            loaded.append(_parse_block(block.text, source, block.line - 1, from_card=True))
+        except RecipeError:
+            continue
+    if len(loaded) == 1:
+        return loaded[0]
+    lines = ", ".join(str(block.line) for block in blocks)
+    raise RecipeError(
+        f"{source}: {len(blocks)} code blocks read as recipes (at lines {lines}), and "
+        + ("none" if not loaded else f"{len(loaded)}")
+        + " of them load"
+        + ("" if not loaded else ", none under a 'Configuration' heading"),
+        hint="save the one you want as a .yaml file and pass that",
+    )
+
+
+def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> LoadedRecipe:
+    if not from_card and looks_like_prose(text):  # a page without code blocks, not a broken recipe
+        raise no_recipe(source)
+    if lost_indentation(text):  # YAML would read the keys that open blocks as empty
+        return _rebuilt(text, source, offset, from_card)
     try:
-        data = _parse_yaml(text)
+        data = load_yaml(text, first_line=offset + 1)
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err.message}", hint=err.hint) from None
     except yaml.YAMLError as err:
         if is_flattened(text):  # the usual cause: indentation lost on the way
-            return _rebuilt(text, source, offset, from_card)
+            try:
+                return _rebuilt(text, source, offset, from_card)
+            except RecipeError:
+                if not any(line[:1].isspace() for line in text.splitlines() if line.strip()):
+                    raise  # wholly flat: the rebuild's message is the useful one
         raise RecipeError(f"{source}: {_describe_yaml_error(err, offset)}", hint=_yaml_hint(err)) from None
     try:
         return dataclasses.replace(_validate(text, source, data), from_card=from_card)
@@ -80,17 +124,36 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
 
 
 def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedRecipe:
-    """The recipe of flattened `text`, its nesting restored from the schema, validated."""
+    """The recipe of flattened `text`, its nesting restored from the schema, validated; with every
+    other reading that validates."""
     from mergesmith.methods import METHODS
 
-    names = {name: {p.name for p in spec.params} for name, (spec, _) in METHODS.items()}
+    # A parameters block takes any method's parameter (a method ignores another's, with a warning).
+    known = {p.name for spec, _ in METHODS.values() for p in spec.params}
+    names = {name: known for name in METHODS}
     per_model = {name: {p.name for p in spec.params if p.per_input} for name, (spec, _) in METHODS.items()}
     try:
         rebuilt = unflatten(text, method_params=names, per_model=per_model)
     except RecipeError as err:
         raise RecipeError(f"{source}: {_shift_lines(err.message, offset)}", hint=err.hint) from None
-    loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
-    return dataclasses.replace(loaded, from_card=from_card, rebuilt=True, notes=_notes(rebuilt, offset))
+    readings = []
+    for other in rebuilt.alternatives:
+        try:
+            valid = _validate(dump(other.data), source, other.data)
+        except RecipeError:
+            continue  # a reading the schema refuses is not a reading
+        where = (other.line + offset, other.what, other.chosen, other.where)
+        readings.append(Reading(*where, recipe=valid.recipe, text=valid.text))
+    try:
+        loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
+    except RecipeError:
+        if not readings:
+            raise
+        first = readings.pop(0)  # the main reading is refused: the first that validates replaces it
+        loaded = LoadedRecipe(first.recipe, first.text, source)
+    return dataclasses.replace(
+        loaded, from_card=from_card, rebuilt=True, notes=_notes(rebuilt, offset), readings=tuple(readings)
+    )
 
 
 def _notes(rebuilt: Rebuilt, offset: int) -> tuple[str, ...]:
@@ -117,15 +180,6 @@ def _validate(text: str, source: str, data: Any) -> LoadedRecipe:
     except ValidationError as err:
         raise _recipe_error(err) from None
     return LoadedRecipe(recipe=recipe, text=text, source=source)
-
-
-def _parse_yaml(text: str) -> object:
-    """libyaml's parser when PyYAML has it (25 ms less for the seed recipe, part of starting fast);
-    on an error, the pure-Python parser again, whose messages the hints below recognise."""
-    try:
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return yaml.safe_load(text)
 
 
 def _describe_yaml_error(err: yaml.YAMLError, offset: int = 0) -> str:

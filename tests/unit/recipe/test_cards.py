@@ -9,6 +9,7 @@ import yaml
 
 from mergesmith.errors import RecipeError
 from mergesmith.recipe import load_recipe, parse_recipe
+from mergesmith.recipe.settings import Scalar
 
 REPO = Path(__file__).resolve().parents[3]
 SEED = REPO.parent / "shared" / "seed" / "000_75b09b5f9d0ce7e0.txt"
@@ -100,6 +101,8 @@ def test_flattened_recipes_are_rebuilt_exactly(recipe):
 
 
 def test_an_ambiguous_flattened_recipe_names_the_line_and_both_readings():
+    # Issue #14: which reading is meant is decided by comparing their plans (tests/e2e/test_card_readings.py);
+    # the loader keeps both, naming the line and both places.
     ambiguous = flat(
         """
 slices:
@@ -113,13 +116,13 @@ slices:
 merge_method: linear
 """
     )
-    with pytest.raises(RecipeError) as err:
-        parse_recipe(ambiguous)
-    assert str(err.value) == (
-        "<string>: line 8: 'parameters' could belong to slices[0].sources[1] or to slices[0], "
-        "and the readings give different merges\n"
-        "  hint: restore the indentation of that part of the recipe so that only one reading remains"
-    )
+    loaded = parse_recipe(ambiguous)
+    assert [(r.line, r.what, r.chosen, r.where) for r in loaded.readings] == [
+        (8, "'parameters'", "slices[0].sources[1]", "the top level"),
+        (8, "'parameters'", "slices[0].sources[1]", "slices[0]"),
+    ]
+    assert loaded.readings[0].recipe.parameters == {"weight": Scalar(0.7)}
+    assert loaded.readings[1].recipe.slices[0].parameters == {"weight": Scalar(0.7)}
 
 
 def test_an_unknown_key_in_a_flattened_recipe_names_its_line():
