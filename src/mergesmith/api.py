@@ -14,15 +14,24 @@ from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
 
-def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None, allow_crimes: bool = False) -> Plan:
+def plan(
+    recipe: RecipeSource,
+    *,
+    model_paths: Mapping[str, Path] | None = None,
+    allow_crimes: bool = False,
+    strict: bool = False,
+) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
+    Keys the merge ignores (another method's parameter, ...) are warnings in `Plan.warnings`;
+    `strict=True` refuses them.
 
     Example:
         >>> p = plan("recipe.yaml", model_paths={"Sao10K/Fimbulvetr-11B-v2": Path("/models/f")})
         >>> len(p.entries)
     """
     loaded = _loaded(recipe)
-    return plan_merge(loaded, open_checkpoints(loaded.recipe.models_to_open(), model_paths), allow_crimes=allow_crimes)
+    checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
+    return plan_merge(loaded, checkpoints, allow_crimes=allow_crimes, strict=strict)
 
 
 def merge(
@@ -32,6 +41,7 @@ def merge(
     model_paths: Mapping[str, Path] | None = None,
     options: MergeOptions | None = None,
     allow_crimes: bool = False,
+    strict: bool = False,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
 
@@ -44,7 +54,7 @@ def merge(
 
     check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
-    planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes)
+    planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes, strict=strict)
     return run_plan(planned, checkpoints, out, options or MergeOptions())
 
 

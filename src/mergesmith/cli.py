@@ -86,6 +86,10 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"quiet": quiet}
 
 
+strict_option = click.option(
+    "--strict", is_flag=True, help="Refuse recipe keys that the merge ignores (another method's parameters, ...)."
+)
+
 from_card_option = click.option(
     "--from-card", metavar="ID", help="Take the recipe from the model card of hub model ID (through the hub cache)."
 )
@@ -98,6 +102,7 @@ from_card_option = click.option(
 @size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--allow-crimes", is_flag=True, help="Merge models of different architectures (follows the first).")
+@strict_option
 @click.option(
     "--resume",
     is_flag=True,
@@ -128,6 +133,7 @@ def merge(
     out_shard_size: int,
     overwrite: bool,
     allow_crimes: bool,
+    strict: bool,
     resume: bool,
     workers: int | None,
     max_memory: int,
@@ -157,7 +163,7 @@ def merge(
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
     out = paths[-1]
     recipe = _read_recipe(paths[0] if not from_card else None, from_card, quiet=ctx.obj["quiet"])
-    report = run_merge(recipe, out, model_paths=model_paths, options=options, allow_crimes=allow_crimes)
+    report = run_merge(recipe, out, model_paths=model_paths, options=options, allow_crimes=allow_crimes, strict=strict)
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
     elif not ctx.obj["quiet"]:
@@ -168,6 +174,7 @@ def merge(
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @from_card_option
 @model_path_option
+@strict_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the plan into this PNG."
@@ -178,6 +185,7 @@ def plan(
     recipe: Path | None,
     from_card: str | None,
     model_paths: dict,
+    strict: bool,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
@@ -187,7 +195,7 @@ def plan(
     if (recipe is None) == (from_card is None):
         raise click.UsageError("give RECIPE or --from-card ID")
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
-    result = make_plan(loaded, model_paths=model_paths)
+    result = make_plan(loaded, model_paths=model_paths, strict=strict)
     if plot_path:
         from mergesmith.plots import plot_plan
 

@@ -16,11 +16,11 @@ ERRORS = [
         PlanError,
         "models: ties needs a base model\n  hint: set base_model: at the top of the recipe",
     ),
-    (
+    (  # t under a model is ignored (as mergekit ignores it, with a warning), so slerp has no t
         "models: [{model: a, parameters: {t: 0.5}}]\nbase_model: b\nmerge_method: slerp\n",
-        RecipeError,
-        "models[0].parameters.t: 't' is a method-wide parameter and cannot be set per model\n"
-        "  hint: move it to the slice's or the top-level parameters",
+        PlanError,
+        "parameters: parameter 't' has no value for tensor model.embed_tokens.weight\n"
+        "  hint: set t in the slice's or the top-level parameters (it is method-wide)",
     ),
     (
         "models: [{model: a, parameters: {weight: 1}}, {model: b}]\nmerge_method: linear\n",
