@@ -20,6 +20,7 @@ def plan(
     model_paths: Mapping[str, Path] | None = None,
     allow_crimes: bool = False,
     strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
 ) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
     Keys the merge ignores (another method's parameter, ...) are warnings in `Plan.warnings`;
@@ -31,7 +32,13 @@ def plan(
     """
     loaded = _loaded(recipe)
     checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
-    return plan_merge(loaded, checkpoints, allow_crimes=allow_crimes, strict=strict)
+    return plan_merge(
+        loaded,
+        checkpoints,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )
 
 
 def merge(
@@ -42,6 +49,7 @@ def merge(
     options: MergeOptions | None = None,
     allow_crimes: bool = False,
     strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
 
@@ -54,7 +62,13 @@ def merge(
 
     check_output_folder(out, overwrite=bool(options and options.overwrite))  # before any model is opened
     checkpoints = open_checkpoints(loaded.recipe.models_to_open(), model_paths)
-    planned = plan_merge(loaded, checkpoints, allow_crimes=allow_crimes, strict=strict)
+    planned = plan_merge(
+        loaded,
+        checkpoints,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )
     return run_plan(planned, checkpoints, out, options or MergeOptions())
 
 

@@ -86,6 +86,12 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"quiet": quiet}
 
 
+truncate_option = click.option(
+    "--unsafe-truncate-embeddings",
+    is_flag=True,
+    help="UNSAFE (mergekit's flag): cut vocabularies of different sizes to the smallest; assumes the same token ids.",
+)
+
 strict_option = click.option(
     "--strict", is_flag=True, help="Refuse recipe keys that the merge ignores (another method's parameters, ...)."
 )
@@ -103,6 +109,7 @@ from_card_option = click.option(
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--allow-crimes", is_flag=True, help="Merge models of different architectures (follows the first).")
 @strict_option
+@truncate_option
 @click.option(
     "--resume",
     is_flag=True,
@@ -134,6 +141,7 @@ def merge(
     overwrite: bool,
     allow_crimes: bool,
     strict: bool,
+    unsafe_truncate_embeddings: bool,
     resume: bool,
     workers: int | None,
     max_memory: int,
@@ -163,7 +171,15 @@ def merge(
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
     out = paths[-1]
     recipe = _read_recipe(paths[0] if not from_card else None, from_card, quiet=ctx.obj["quiet"])
-    report = run_merge(recipe, out, model_paths=model_paths, options=options, allow_crimes=allow_crimes, strict=strict)
+    report = run_merge(
+        recipe,
+        out,
+        model_paths=model_paths,
+        options=options,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
     elif not ctx.obj["quiet"]:
@@ -175,6 +191,7 @@ def merge(
 @from_card_option
 @model_path_option
 @strict_option
+@truncate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the plan into this PNG."
@@ -186,6 +203,7 @@ def plan(
     from_card: str | None,
     model_paths: dict,
     strict: bool,
+    unsafe_truncate_embeddings: bool,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
@@ -195,7 +213,9 @@ def plan(
     if (recipe is None) == (from_card is None):
         raise click.UsageError("give RECIPE or --from-card ID")
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
-    result = make_plan(loaded, model_paths=model_paths, strict=strict)
+    result = make_plan(
+        loaded, model_paths=model_paths, strict=strict, unsafe_truncate_embeddings=unsafe_truncate_embeddings
+    )
     if plot_path:
         from mergesmith.plots import plot_plan
 

@@ -411,7 +411,8 @@ def _run_on_device(entry: PlanEntry, spec, function, params, readers, infos, wri
     with torch.cuda.stream(stream):
         sources = zip(readers, entry.sources, infos)
         tensors = [_read_to_device(c, s.tensor, i, device).to(compute) for c, s, i in sources]
-        result = _apply(entry, spec, function, [t.reshape(entry.shape) for t in tensors], params)
+        count = entry.nbytes // element_size(entry.dtype)  # fewer than an input's under --unsafe-truncate-embeddings
+        result = _apply(entry, spec, function, [t.reshape(-1)[:count].reshape(entry.shape) for t in tensors], params)
         # Back into pinned memory too: a copy to pageable memory goes through a staging buffer.
         host = torch.empty(result.shape, dtype=torch_dtype(entry.dtype), pin_memory=True)
         host.copy_(result.to(host.dtype), non_blocking=True)

@@ -88,11 +88,18 @@ class _SliceSpec:
 
 
 def plan_merge(
-    loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, allow_crimes: bool = False, strict: bool = False
+    loaded: LoadedRecipe,
+    checkpoints: Mapping[str, Checkpoint],
+    *,
+    allow_crimes: bool = False,
+    strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
 ) -> Plan:
     """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint).
     `allow_crimes` (mergekit's name) lets models of different architectures be merged. Keys that
-    mergekit ignores are logged as warnings and listed in `Plan.warnings`; `strict` refuses them."""
+    mergekit ignores are logged as warnings and listed in `Plan.warnings`; `strict` refuses them.
+    `unsafe_truncate_embeddings` (mergekit's flag) cuts vocabularies of different sizes, when no
+    tokenizer setting matches rows by token, to the first rows they all have."""
     recipe = loaded.recipe
     spec, _ = get_method(recipe.merge_method)
     ignored = _Ignored(strict)
@@ -109,6 +116,7 @@ def plan_merge(
 
     tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
+    builder.truncate_vocabulary = unsafe_truncate_embeddings
     first, last = slices[0], slices[-1]
     first_model = checkpoints[first.sources[0][1].model]
     out_prefix = first_model.layout.prefix
@@ -138,6 +146,8 @@ def plan_merge(
     config = metadata.output_config(
         checkpoints[donor], any(is_head(e.output) for e in entries), layer_sources, out_dtype or load_dtype
     )
+    if builder.truncated_rows is not None and "vocab_size" in config:
+        config = {**config, "vocab_size": builder.truncated_rows}  # as the cut tensors have it
     generation = None
     if vocabulary is not None:
         remap = metadata.token_id_remapper(tokenizers[donor], vocabulary)
@@ -207,6 +217,8 @@ class _EntryBuilder:
         self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
         self.vocabulary, self.tokenizers = vocabulary, tokenizers
         self.entries: list[PlanEntry] = []
+        self.truncate_vocabulary = False  # --unsafe-truncate-embeddings
+        self.truncated_rows: int | None = None  # the rows kept, once a vocabulary tensor was cut
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
         has_base = self.spec.inputs.uses_base and any(src.model == out_slice.base for src, _ in inputs)
@@ -216,16 +228,19 @@ class _EntryBuilder:
         shape = infos[0].shape
         is_vocabulary = is_vocabulary_tensor(output) and len(shape) >= 1
         aligned = is_vocabulary and self.vocabulary is not None  # rows matched by token
+        truncated = False
         if aligned:
             shape = self._vocabulary_shape(out_slice, output, [src.model for src, _ in inputs], infos)
         elif is_vocabulary and len({info.shape[0] for info in infos}) > 1:
             found = ", ".join(f"{src.model}: {info.shape[0]}" for (src, _), info in zip(inputs, infos))
-            raise PlanError(
-                f"{out_slice.path}: the models have vocabularies of different sizes ({output} rows: {found})",
-                hint="set tokenizer_source: union (every model's tokens), base, or one model's name, "
-                "so that rows are matched by token",
-            )
-        shapes = {info.shape for info in infos}
+            if not self.truncate_vocabulary:
+                raise PlanError(
+                    f"{out_slice.path}: the models have vocabularies of different sizes ({output} rows: {found})",
+                    hint="set tokenizer_source: union (every model's tokens), base, or one model's name, "
+                    "so that rows are matched by token (--unsafe-truncate-embeddings cuts them to the smallest)",
+                )
+            shape, truncated = self._truncated_shape(output, infos, found), True
+        shapes = {info.shape[1:] if truncated else info.shape for info in infos}
         if len(shapes) > 1 and not aligned:
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
@@ -253,6 +268,20 @@ class _EntryBuilder:
                 vocabulary=aligned,
             )
         )
+
+    def _truncated_shape(self, output: str, infos: list[TensorInfo], found: str) -> tuple[int, ...]:
+        """mergekit 0.1.5's --unsafe-truncate-embeddings: every input keeps its first rows (a
+        row-major prefix, which the executor reads as it reads any tensor)."""
+        rows = min(info.shape[0] for info in infos)
+        log.warning(
+            "--unsafe-truncate-embeddings: %s cut to its first %d rows (%s); this assumes the models give "
+            "those token ids the same meaning (a tokenizer setting, such as tokenizer_source: base, matches them)",
+            output,
+            rows,
+            found,
+        )
+        self.truncated_rows = rows
+        return (rows, *infos[0].shape[1:])
 
     def _vocabulary_shape(
         self, out_slice: _SliceSpec, output: str, models: list[str], infos: list[TensorInfo]

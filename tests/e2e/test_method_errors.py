@@ -82,7 +82,7 @@ ERRORS = [
         PlanError,
         "models: the models have vocabularies of different sizes (model.embed_tokens.weight rows: a: 128, wide: 256)\n"
         "  hint: set tokenizer_source: union (every model's tokens), base, or one model's name, "
-        "so that rows are matched by token",
+        "so that rows are matched by token (--unsafe-truncate-embeddings cuts them to the smallest)",
     ),
     (
         "models: [{model: a}, {model: b}]\nbase_model: a\nmerge_method: model_stock\n",
