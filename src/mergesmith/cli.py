@@ -406,7 +406,8 @@ def methods(as_json: bool) -> None:
         click.echo(f"{method['name']}: {method['summary']} (base {inputs['base']}, {counts}){reference}")
         for param in method["parameters"]:
             default = "required" if param["required"] else f"default {param['default']!r}"
-            click.echo(f"    {param['name']} ({param['type']}, {param['scope']}, {default}): {param['doc']}")
+            bounds = f", {param['range']}" if param["minimum"] is not None or param["maximum"] is not None else ""
+            click.echo(f"    {param['name']} ({param['type']}, {param['scope']}, {default}{bounds}): {param['doc']}")
 
 
 def _describe_method(spec) -> dict:
@@ -430,6 +431,9 @@ def _describe_method(spec) -> dict:
                 "scope": p.scope,
                 "required": p.required,
                 "default": p.default,
+                "minimum": p.minimum,
+                "maximum": p.maximum,
+                "range": p.valid_range if p.type in (int, float) else None,
                 "doc": p.doc,
             }
             for p in spec.params
