@@ -60,6 +60,7 @@ class MergeReport:
     elapsed_s: float
     files: tuple[str, ...] = field(default_factory=tuple)
     random_seed: int | None = None  # the seed random methods drew from
+    warnings: tuple[str, ...] = ()  # the plan's: recipe keys the merge ignored
 
 
 def run_plan(
@@ -117,7 +118,9 @@ def run_plan(
     elapsed = time.perf_counter() - started
     total = sum(e.nbytes for e in plan.entries)
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
-    return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
+    return MergeReport(
+        out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None, plan.warnings
+    )
 
 
 def import_torch_in_background() -> None:

@@ -151,9 +151,11 @@ def test_strict_refuses_every_ignored_key(case: Ignored, models, tmp_path):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_plan_json_lists_the_warnings(models, tmp_path):
+@pytest.mark.parametrize("command", ["plan", "merge"])
+def test_json_lists_the_warnings(command, models, tmp_path):
     (tmp_path / "recipe.yaml").write_text(CASES[0].recipe)
-    result = run_cli("plan", str(tmp_path / "recipe.yaml"), "--json", *model_paths(models))
+    out = [str(tmp_path / "out")] if command == "merge" else []
+    result = run_cli(command, str(tmp_path / "recipe.yaml"), *out, "--json", *model_paths(models))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["warnings"] == list(CASES[0].warnings)
 
