@@ -7,7 +7,6 @@ shapes. A Plan is plain frozen data: print it, diff it, test it.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,20 +19,15 @@ from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
-from mergesmith.methods import METHODS, get_method
+from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.recipe import LoadedRecipe
+from mergesmith.recipe.ignored import Ignored, check_parameter_names, check_slice_keys
 from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
 
 log = logging.getLogger(__name__)
-
-# Every parameter name some merge method knows (mergekit 0.1.5's twenty methods use a subset of
-# these). mergekit ignores a parameter the chosen method does not take, and published recipes rely
-# on it (LazyMergekit templates give every model `weight` and `density`); a name no method knows is
-# a typo, and stays an error.
-KNOWN_PARAMETERS = frozenset(p.name for spec, _ in METHODS.values() for p in spec.params)
 
 
 @dataclass(frozen=True)
@@ -102,10 +96,10 @@ def plan_merge(
     tokenizer setting matches rows by token, to the first rows they all have."""
     recipe = loaded.recipe
     spec, _ = get_method(recipe.merge_method)
-    ignored = _Ignored(strict)
+    ignored = Ignored(strict)
     for key in loaded.ignored_keys:
         ignored.add(f"{key}: unknown top-level key, ignored (as mergekit ignores it)", "remove the key")
-    _check_ignored_slice_keys(recipe, spec, ignored)
+    check_slice_keys(recipe, spec, ignored)
     if not allow_crimes:
         _check_architectures(recipe.referenced_models(), checkpoints)
     load_dtype = dtype_code_from_recipe(recipe.dtype, key="dtype") if recipe.dtype else None
@@ -169,21 +163,6 @@ def plan_merge(
         generation_config=generation,
         warnings=tuple(ignored.messages),
     )
-
-
-class _Ignored:
-    """Recipe keys mergekit ignores: each is warned about once, or refused when `strict`."""
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.messages: list[str] = []
-
-    def add(self, message: str, hint: str) -> None:
-        if self.strict:
-            raise RecipeError(message, hint=f"{hint} (--strict refuses keys that the merge ignores)")
-        if message not in self.messages:
-            self.messages.append(message)
-            log.warning(message)
 
 
 def _vocabulary(
@@ -387,7 +366,7 @@ def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
 
 
 def _check_slice(
-    out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], ignored: _Ignored
+    out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], ignored: Ignored
 ) -> None:
     _check_contract(out_slice, spec)
     lengths = set()
@@ -395,7 +374,7 @@ def _check_slice(
         _check_layer_range(path, src, checkpoints[src.model])
         lengths.add(src.layer_range[1] - src.layer_range[0])
         for level in (Level(f"{path}.parameters", src.parameters, True), *out_slice.levels):
-            _check_parameter_names(level, spec, ignored)
+            check_parameter_names(level, spec, ignored)
     if len(lengths) > 1:
         found = ", ".join(f"{list(src.layer_range)}" for _, src in out_slice.sources)
         raise RecipeError(f"{out_slice.path}: every source of a slice needs the same number of layers (found {found})")
@@ -449,29 +428,6 @@ def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> No
         )
 
 
-def _check_parameter_names(level: Level, spec: MethodSpec, ignored: _Ignored) -> None:
-    for name in level.settings or {}:
-        param = spec.param(name)
-        if param is None and name in KNOWN_PARAMETERS:  # another method's parameter
-            ignored.add(f"{spec.name} ignores {name!r} ({level.path})", "remove the key")
-        elif param is None:
-            names = [p.name for p in spec.params]
-            close = difflib.get_close_matches(name, names, n=1) or difflib.get_close_matches(
-                name, sorted(KNOWN_PARAMETERS), n=1
-            )
-            choices = ", ".join(names) or "none"
-            raise RecipeError(
-                f"{level.path}.{name}: {spec.name} has no parameter {name!r}",
-                hint=f"did you mean '{close[0]}'?" if close else f"{spec.name} takes: {choices}",
-            )
-        elif level.is_model_block and not param.per_input:
-            ignored.add(
-                f"{spec.name} ignores {name!r} ({level.path}): it is method-wide, read only from the slice's "
-                "or the top-level parameters",
-                "move it to the slice's or the top-level parameters",
-            )
-
-
 def _check_architectures(models: list[str], checkpoints: Mapping[str, Checkpoint]) -> None:
     """One architecture per merge, as mergekit requires: the plan follows the first model's
     tensors, and another architecture's extra tensors (Qwen3's q_norm, say) would be dropped."""
@@ -482,13 +438,3 @@ def _check_architectures(models: list[str], checkpoints: Mapping[str, Checkpoint
             f"the models have different architectures ({listed})",
             hint="merge models of one architecture; --allow-crimes merges them anyway, following the first model",
         )
-
-
-def _check_ignored_slice_keys(recipe: Recipe, spec: MethodSpec, ignored: _Ignored) -> None:
-    prefix, slices = "", recipe.slices
-    if recipe.modules and len(recipe.modules) == 1:
-        ((name, module),) = recipe.modules.items()
-        prefix, slices = f"modules.{name}.", module.slices
-    for i, out_slice in enumerate(slices or ()):
-        if out_slice.residual_weight is not None:  # mergekit 0.1.5 reads it and never uses it
-            ignored.add(f"{spec.name} ignores 'residual_weight' ({prefix}slices[{i}])", "remove the key")
