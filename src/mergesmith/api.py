@@ -19,8 +19,17 @@ log = logging.getLogger(__name__)
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
 
-def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None, allow_crimes: bool = False) -> Plan:
+def plan(
+    recipe: RecipeSource,
+    *,
+    model_paths: Mapping[str, Path] | None = None,
+    allow_crimes: bool = False,
+    strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
+) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
+    Keys the merge ignores (another method's parameter, ...) are warnings in `Plan.warnings`;
+    `strict=True` refuses them.
 
     Example:
         >>> p = plan("recipe.yaml", model_paths={"Sao10K/Fimbulvetr-11B-v2": Path("/models/f")})
@@ -28,7 +37,13 @@ def plan(recipe: RecipeSource, *, model_paths: Mapping[str, Path] | None = None,
     """
     loaded = _loaded(recipe)
     checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
-    return plan_readings(loaded, checkpoints, allow_crimes=allow_crimes)[1]
+    return plan_readings(
+        loaded,
+        checkpoints,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )[1]
 
 
 def merge(
@@ -38,6 +53,8 @@ def merge(
     model_paths: Mapping[str, Path] | None = None,
     options: MergeOptions | None = None,
     allow_crimes: bool = False,
+    strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
 
@@ -56,7 +73,13 @@ def merge(
     if os.path.isfile(loaded.source):
         inputs.append(("the recipe", Path(loaded.source)))
     prepare_output(out, overwrite=options.overwrite, inputs=inputs)  # before the plan reads headers
-    planned = plan_readings(loaded, checkpoints, allow_crimes=allow_crimes)[1]
+    planned = plan_readings(
+        loaded,
+        checkpoints,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )[1]
     return run_plan(planned, checkpoints, out, options)
 
 
@@ -81,7 +104,12 @@ def recipe_from_hub_card(model_id: str) -> LoadedRecipe:
 
 
 def plan_readings(
-    loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, allow_crimes: bool = False
+    loaded: LoadedRecipe,
+    checkpoints: Mapping[str, Checkpoint],
+    *,
+    allow_crimes: bool = False,
+    strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
 ) -> tuple[LoadedRecipe, Plan]:
     """Plan a recipe, and every other reading of a rebuilt one (see LoadedRecipe.readings).
 
@@ -95,7 +123,13 @@ def plan_readings(
     planned, failures = [], []
     for reading, candidate in candidates:
         try:
-            planned.append((reading, candidate, plan_merge(candidate, checkpoints, allow_crimes=allow_crimes)))
+            planned.append((reading, candidate, plan_merge(
+                candidate,
+                checkpoints,
+                allow_crimes=allow_crimes,
+                strict=strict,
+                unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+            )))
         except MergesmithError as err:
             failures.append(err)
     if not planned:

@@ -95,6 +95,16 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"quiet": quiet}
 
 
+truncate_option = click.option(
+    "--unsafe-truncate-embeddings",
+    is_flag=True,
+    help="UNSAFE (mergekit's flag): cut vocabularies of different sizes to the smallest; assumes the same token ids.",
+)
+
+strict_option = click.option(
+    "--strict", is_flag=True, help="Refuse recipe keys that the merge ignores (another method's parameters, ...)."
+)
+
 from_card_option = click.option(
     "--from-card", metavar="ID", help="Take the recipe from the model card of hub model ID (through the hub cache)."
 )
@@ -107,6 +117,8 @@ from_card_option = click.option(
 @size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
 @click.option("--allow-crimes", is_flag=True, help="Merge models of different architectures (follows the first).")
+@strict_option
+@truncate_option
 @click.option(
     "--resume",
     is_flag=True,
@@ -137,6 +149,8 @@ def merge(
     out_shard_size: int,
     overwrite: bool,
     allow_crimes: bool,
+    strict: bool,
+    unsafe_truncate_embeddings: bool,
     resume: bool,
     workers: int | None,
     max_memory: int,
@@ -166,7 +180,15 @@ def merge(
         raise click.UsageError("give OUT alone with --from-card" if from_card else "give RECIPE and OUT")
     out = paths[-1]
     recipe = _read_recipe(paths[0] if not from_card else None, from_card, quiet=ctx.obj["quiet"])
-    report = run_merge(recipe, out, model_paths=model_paths, options=options, allow_crimes=allow_crimes)
+    report = run_merge(
+        recipe,
+        out,
+        model_paths=model_paths,
+        options=options,
+        allow_crimes=allow_crimes,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+    )
     if as_json:
         click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
     elif not ctx.obj["quiet"]:
@@ -177,6 +199,8 @@ def merge(
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @from_card_option
 @model_path_option
+@strict_option
+@truncate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the plan into this PNG."
@@ -187,6 +211,8 @@ def plan(
     recipe: Path | None,
     from_card: str | None,
     model_paths: dict,
+    strict: bool,
+    unsafe_truncate_embeddings: bool,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
@@ -196,7 +222,9 @@ def plan(
     if (recipe is None) == (from_card is None):
         raise click.UsageError("give RECIPE or --from-card ID")
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
-    result = make_plan(loaded, model_paths=model_paths)
+    result = make_plan(
+        loaded, model_paths=model_paths, strict=strict, unsafe_truncate_embeddings=unsafe_truncate_embeddings
+    )
     if plot_path:
         from mergesmith.plots import plot_plan
 
@@ -389,7 +417,8 @@ def methods(as_json: bool) -> None:
         click.echo(f"{method['name']}: {method['summary']} (base {inputs['base']}, {counts}){reference}")
         for param in method["parameters"]:
             default = "required" if param["required"] else f"default {param['default']!r}"
-            click.echo(f"    {param['name']} ({param['type']}, {param['scope']}, {default}): {param['doc']}")
+            bounds = f", {param['range']}" if param["minimum"] is not None or param["maximum"] is not None else ""
+            click.echo(f"    {param['name']} ({param['type']}, {param['scope']}, {default}{bounds}): {param['doc']}")
 
 
 def _describe_method(spec) -> dict:
@@ -413,6 +442,9 @@ def _describe_method(spec) -> dict:
                 "scope": p.scope,
                 "required": p.required,
                 "default": p.default,
+                "minimum": p.minimum,
+                "maximum": p.maximum,
+                "range": p.valid_range if p.type in (int, float) else None,
                 "doc": p.doc,
             }
             for p in spec.params

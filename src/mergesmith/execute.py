@@ -61,6 +61,7 @@ class MergeReport:
     elapsed_s: float
     files: tuple[str, ...] = field(default_factory=tuple)
     random_seed: int | None = None  # the seed random methods drew from
+    warnings: tuple[str, ...] = ()  # the plan's: recipe keys the merge ignored
 
 
 def run_plan(
@@ -121,7 +122,9 @@ def run_plan(
     elapsed = time.perf_counter() - started
     total = sum(e.nbytes for e in plan.entries)
     log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
-    return MergeReport(out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None)
+    return MergeReport(
+        out, len(plan.entries), layout.filenames, total, elapsed, files, seed if is_random else None, plan.warnings
+    )
 
 
 def input_paths(checkpoints: Mapping[str, Checkpoint]) -> list[tuple[str, Path]]:
@@ -438,7 +441,8 @@ def _run_on_device(entry: PlanEntry, spec, function, params, readers, infos, wri
     with torch.cuda.stream(stream):
         sources = zip(readers, entry.sources, infos)
         tensors = [_read_to_device(c, s.tensor, i, device).to(compute) for c, s, i in sources]
-        result = _apply(entry, spec, function, [t.reshape(entry.shape) for t in tensors], params)
+        count = entry.nbytes // element_size(entry.dtype)  # fewer than an input's under --unsafe-truncate-embeddings
+        result = _apply(entry, spec, function, [t.reshape(-1)[:count].reshape(entry.shape) for t in tensors], params)
         # Back into pinned memory too: a copy to pageable memory goes through a staging buffer.
         host = torch.empty(result.shape, dtype=torch_dtype(entry.dtype), pin_memory=True)
         host.copy_(result.to(host.dtype), non_blocking=True)

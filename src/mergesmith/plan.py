@@ -7,7 +7,7 @@ shapes. A Plan is plain frozen data: print it, diff it, test it.
 
 from __future__ import annotations
 
-import difflib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +22,12 @@ from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.recipe import LoadedRecipe
+from mergesmith.recipe.ignored import Ignored, check_parameter_names, check_slice_keys
 from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Plan:
     vocabulary: Vocabulary | None = None  # set when the recipe merges vocabularies (tokenizer settings)
     chat_template: str | None = None  # written as chat_template.jinja when the recipe chooses one
     generation_config: Mapping[str, Any] | None = None  # written instead of copied: token ids remapped
+    warnings: tuple[str, ...] = ()  # recipe keys that mergekit ignores and so does this merge
 
 
 @dataclass(frozen=True)
@@ -77,22 +81,36 @@ class _SliceSpec:
     base: str | None  # the slice's base_model, else the recipe's
 
 
-def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, allow_crimes: bool = False) -> Plan:
+def plan_merge(
+    loaded: LoadedRecipe,
+    checkpoints: Mapping[str, Checkpoint],
+    *,
+    allow_crimes: bool = False,
+    strict: bool = False,
+    unsafe_truncate_embeddings: bool = False,
+) -> Plan:
     """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint).
-    `allow_crimes` (mergekit's name) lets models of different architectures be merged."""
+    `allow_crimes` (mergekit's name) lets models of different architectures be merged. Keys that
+    mergekit ignores are logged as warnings and listed in `Plan.warnings`; `strict` refuses them.
+    `unsafe_truncate_embeddings` (mergekit's flag) cuts vocabularies of different sizes, when no
+    tokenizer setting matches rows by token, to the first rows they all have."""
     recipe = loaded.recipe
     spec, _ = get_method(recipe.merge_method)
-    _check_unsupported(recipe)
+    ignored = Ignored(strict)
+    for key in loaded.ignored_keys:
+        ignored.add(f"{key}: unknown top-level key, ignored (as mergekit ignores it)", "remove the key")
+    check_slice_keys(recipe, spec, ignored)
     if not allow_crimes:
         _check_architectures(recipe.referenced_models(), checkpoints)
     load_dtype = dtype_code_from_recipe(recipe.dtype, key="dtype") if recipe.dtype else None
     out_dtype = dtype_code_from_recipe(recipe.out_dtype, key="out_dtype") if recipe.out_dtype else None
     slices = _normalise(recipe, checkpoints)
     for out_slice in slices:
-        _check_slice(out_slice, spec, checkpoints)
+        _check_slice(out_slice, spec, checkpoints, ignored)
 
     tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
+    builder.truncate_vocabulary = unsafe_truncate_embeddings
     first, last = slices[0], slices[-1]
     first_model = checkpoints[first.sources[0][1].model]
     out_prefix = first_model.layout.prefix
@@ -122,6 +140,8 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, a
     config = metadata.output_config(
         checkpoints[donor], any(is_head(e.output) for e in entries), layer_sources, out_dtype or load_dtype
     )
+    if builder.truncated_rows is not None and "vocab_size" in config:
+        config = {**config, "vocab_size": builder.truncated_rows}  # as the cut tensors have it
     generation = None
     if vocabulary is not None:
         remap = metadata.token_id_remapper(tokenizers[donor], vocabulary)
@@ -141,6 +161,7 @@ def plan_merge(loaded: LoadedRecipe, checkpoints: Mapping[str, Checkpoint], *, a
         vocabulary=vocabulary,
         chat_template=metadata.chat_template(recipe.chat_template, models, checkpoints),
         generation_config=generation,
+        warnings=tuple(ignored.messages),
     )
 
 
@@ -175,6 +196,8 @@ class _EntryBuilder:
         self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
         self.vocabulary, self.tokenizers = vocabulary, tokenizers
         self.entries: list[PlanEntry] = []
+        self.truncate_vocabulary = False  # --unsafe-truncate-embeddings
+        self.truncated_rows: int | None = None  # the rows kept, once a vocabulary tensor was cut
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
         has_base = self.spec.inputs.uses_base and any(src.model == out_slice.base for src, _ in inputs)
@@ -184,16 +207,19 @@ class _EntryBuilder:
         shape = infos[0].shape
         is_vocabulary = is_vocabulary_tensor(output) and len(shape) >= 1
         aligned = is_vocabulary and self.vocabulary is not None  # rows matched by token
+        truncated = False
         if aligned:
             shape = self._vocabulary_shape(out_slice, output, [src.model for src, _ in inputs], infos)
         elif is_vocabulary and len({info.shape[0] for info in infos}) > 1:
             found = ", ".join(f"{src.model}: {info.shape[0]}" for (src, _), info in zip(inputs, infos))
-            raise PlanError(
-                f"{out_slice.path}: the models have vocabularies of different sizes ({output} rows: {found})",
-                hint="set tokenizer_source: union (every model's tokens), base, or one model's name, "
-                "so that rows are matched by token",
-            )
-        shapes = {info.shape for info in infos}
+            if not self.truncate_vocabulary:
+                raise PlanError(
+                    f"{out_slice.path}: the models have vocabularies of different sizes ({output} rows: {found})",
+                    hint="set tokenizer_source: union (every model's tokens), base, or one model's name, "
+                    "so that rows are matched by token (--unsafe-truncate-embeddings cuts them to the smallest)",
+                )
+            shape, truncated = self._truncated_shape(output, infos, found), True
+        shapes = {info.shape[1:] if truncated else info.shape for info in infos}
         if len(shapes) > 1 and not aligned:
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
@@ -221,6 +247,20 @@ class _EntryBuilder:
                 vocabulary=aligned,
             )
         )
+
+    def _truncated_shape(self, output: str, infos: list[TensorInfo], found: str) -> tuple[int, ...]:
+        """mergekit 0.1.5's --unsafe-truncate-embeddings: every input keeps its first rows (a
+        row-major prefix, which the executor reads as it reads any tensor)."""
+        rows = min(info.shape[0] for info in infos)
+        log.warning(
+            "--unsafe-truncate-embeddings: %s cut to its first %d rows (%s); this assumes the models give "
+            "those token ids the same meaning (a tokenizer setting, such as tokenizer_source: base, matches them)",
+            output,
+            rows,
+            found,
+        )
+        self.truncated_rows = rows
+        return (rows, *infos[0].shape[1:])
 
     def _vocabulary_shape(
         self, out_slice: _SliceSpec, output: str, models: list[str], infos: list[TensorInfo]
@@ -325,14 +365,16 @@ def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
     return checkpoints[model].layout.count
 
 
-def _check_slice(out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint]) -> None:
+def _check_slice(
+    out_slice: _SliceSpec, spec: MethodSpec, checkpoints: Mapping[str, Checkpoint], ignored: Ignored
+) -> None:
     _check_contract(out_slice, spec)
     lengths = set()
     for path, src in out_slice.sources:
         _check_layer_range(path, src, checkpoints[src.model])
         lengths.add(src.layer_range[1] - src.layer_range[0])
         for level in (Level(f"{path}.parameters", src.parameters, True), *out_slice.levels):
-            _check_parameter_names(level, spec)
+            check_parameter_names(level, spec, ignored)
     if len(lengths) > 1:
         found = ", ".join(f"{list(src.layer_range)}" for _, src in out_slice.sources)
         raise RecipeError(f"{out_slice.path}: every source of a slice needs the same number of layers (found {found})")
@@ -386,24 +428,6 @@ def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> No
         )
 
 
-def _check_parameter_names(level: Level, spec: MethodSpec) -> None:
-    for name in level.settings or {}:
-        param = spec.param(name)
-        if param is None:
-            names = [p.name for p in spec.params]
-            close = difflib.get_close_matches(name, names, n=1)
-            choices = ", ".join(names) or "none"
-            raise RecipeError(
-                f"{level.path}.{name}: {spec.name} has no parameter {name!r}",
-                hint=f"did you mean '{close[0]}'?" if close else f"{spec.name} takes: {choices}",
-            )
-        if level.is_model_block and not param.per_input:
-            raise RecipeError(
-                f"{level.path}.{name}: {name!r} is a method-wide parameter and cannot be set per model",
-                hint="move it to the slice's or the top-level parameters",
-            )
-
-
 def _check_architectures(models: list[str], checkpoints: Mapping[str, Checkpoint]) -> None:
     """One architecture per merge, as mergekit requires: the plan follows the first model's
     tensors, and another architecture's extra tensors (Qwen3's q_norm, say) would be dropped."""
@@ -414,12 +438,3 @@ def _check_architectures(models: list[str], checkpoints: Mapping[str, Checkpoint
             f"the models have different architectures ({listed})",
             hint="merge models of one architecture; --allow-crimes merges them anyway, following the first model",
         )
-
-
-def _check_unsupported(recipe: Recipe) -> None:
-    for i, out_slice in enumerate(recipe.slices or ()):
-        if out_slice.residual_weight is not None:
-            raise UnsupportedError(
-                f"slices[{i}].residual_weight: not supported (mergekit 0.1.5 accepts it and ignores it)",
-                hint="remove the key",
-            )

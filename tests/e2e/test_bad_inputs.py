@@ -86,10 +86,11 @@ CASES: list[Case] = [
     Case("bad-out-dtype", SLICE + "out_dtype: bf61\n", ("out_dtype", "bf61")),
     Case("bad-chat-template", SLICE + "chat_template: chatm\n", ("chat_template", "chatml")),
     Case("tokenizer-twice", SLICE + "tokenizer_source: base\ntokenizer: {source: union}\n", ("tokenizer",)),
-    Case(
+    Case(  # mergekit reads and ignores it: a warning, an error only under --strict
         "residual-weight",
         SLICE.replace("passthrough", "passthrough\n").replace("  - sources", "  - residual_weight: 0.5\n    sources"),
-        ("slices[0].residual_weight",),
+        ("passthrough ignores 'residual_weight' (slices[0])", "--strict"),
+        args=("--strict",),
     ),
     # --- layer ranges
     Case(
@@ -129,9 +130,10 @@ CASES: list[Case] = [
     # --- parameters
     Case("unknown-parameter", SLICE + "parameters: {scael: 2}\n", ("parameters.scael", "scale")),
     Case(
-        "method-wide-under-model",
+        "method-wide-under-model",  # mergekit ignores it there: a warning, an error only under --strict
         "models: [{model: a, parameters: {t: 0.5}}]\nbase_model: b\nmerge_method: slerp\n",
-        ("models[0].parameters.t", "method-wide"),
+        ("slerp ignores 't' (models[0].parameters)", "method-wide"),
+        args=("--strict",),
     ),
     Case(
         "parameter-type",

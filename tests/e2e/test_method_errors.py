@@ -16,11 +16,11 @@ ERRORS = [
         PlanError,
         "models: ties needs a base model\n  hint: set base_model: at the top of the recipe",
     ),
-    (
+    (  # t under a model is ignored (as mergekit ignores it, with a warning), so slerp has no t
         "models: [{model: a, parameters: {t: 0.5}}]\nbase_model: b\nmerge_method: slerp\n",
-        RecipeError,
-        "models[0].parameters.t: 't' is a method-wide parameter and cannot be set per model\n"
-        "  hint: move it to the slice's or the top-level parameters",
+        PlanError,
+        "parameters: parameter 't' has no value for tensor model.embed_tokens.weight\n"
+        "  hint: set t in the slice's or the top-level parameters (it is method-wide)",
     ),
     (
         "models: [{model: a, parameters: {weight: 1}}, {model: b}]\nmerge_method: linear\n",
@@ -82,7 +82,7 @@ ERRORS = [
         PlanError,
         "models: the models have vocabularies of different sizes (model.embed_tokens.weight rows: a: 128, wide: 256)\n"
         "  hint: set tokenizer_source: union (every model's tokens), base, or one model's name, "
-        "so that rows are matched by token",
+        "so that rows are matched by token (--unsafe-truncate-embeddings cuts them to the smallest)",
     ),
     (
         "models: [{model: a}, {model: b}]\nbase_model: a\nmerge_method: model_stock\n",

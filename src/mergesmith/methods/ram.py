@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 RAM = MethodSpec(
     name="ram",
     pretty_name="Reinforced Agent Merging",
-    params=(Param("epsilon", float, default=1e-5, doc="smallest change counted as a contribution"),),
+    params=(Param("epsilon", float, default=1e-5, doc="smallest change counted as a contribution", minimum=0.0),),
     inputs=Inputs(base="required"),
     reference="https://arxiv.org/abs/2601.13572",
     summary="unique changes kept, shared changes averaged",
@@ -24,8 +24,8 @@ RAMPLUS_TL = MethodSpec(
     pretty_name="Reinforced Agent Merging Plus (Tensor-Local)",
     params=(
         Param("r", float, default=0.1, doc="boost per unit of overlap ratio"),
-        Param("alpha", float, default=0.2, doc="largest overlap ratio counted"),
-        Param("epsilon", float, default=1e-5, doc="smallest change counted as a contribution"),
+        Param("alpha", float, default=0.2, doc="largest overlap ratio counted", minimum=0.0),
+        Param("epsilon", float, default=1e-5, doc="smallest change counted as a contribution", minimum=0.0),
     ),
     inputs=Inputs(base="required"),
     reference="https://arxiv.org/abs/2601.13572",

@@ -16,7 +16,14 @@ SPEC = MethodSpec(
     name="sce",
     pretty_name="SCE",
     params=(
-        Param("select_topk", float, default=1.0, doc="share of elements kept, by variance across models"),
+        Param(
+            "select_topk",
+            float,
+            default=1.0,
+            doc="share of elements kept, by variance across models",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         Param("int8_mask", bool, default=False, doc="store masks as int8 (same result)"),
     ),
     inputs=Inputs(base="required"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mergesmith.errors import MergeError
-from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
+from mergesmith.methods.spec import LARGEST_INT, Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -113,7 +113,7 @@ MULTISLERP = MethodSpec(
     params=(
         Param("weight", float, required=True, scope="non_base", doc="this model's share"),
         Param("normalize_weights", bool, default=True, doc="divide weights by their sum"),
-        Param("eps", float, default=1e-8, doc="numerical floor"),
+        Param("eps", float, default=1e-8, doc="numerical floor", minimum=0.0),
     ),
     inputs=Inputs(base="optional", min_non_base=1),
     reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
@@ -161,8 +161,8 @@ KARCHER = MethodSpec(
     name="karcher",
     pretty_name="Karcher Mean",
     params=(
-        Param("max_iter", int, default=10, doc="most iterations"),
-        Param("tol", float, default=1e-5, doc="convergence tolerance"),
+        Param("max_iter", int, default=10, doc="most iterations", minimum=0, maximum=LARGEST_INT),
+        Param("tol", float, default=1e-5, doc="convergence tolerance", minimum=0.0),
     ),
     inputs=Inputs(base="ignored", min_count=1),
     reference="https://arxiv.org/abs/2603.04972",

@@ -6,6 +6,7 @@ may be set, types, defaults, and the input contract. The function then receives 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,10 +23,20 @@ def as_bool(value: Any) -> bool:
 
 
 def as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    # NaN and inf are not whole numbers (int() of them raises, or would overflow later in torch).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected a whole number, found {value!r}")
+    if value != int(value):
         raise ValueError(f"expected a whole number, found {value!r}")
     return int(value)
 
+
+def _bound(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) and not value.is_integer() else f"{int(value or 0)}"
+
+
+# Integer parameters are counts; beyond this torch's int comparisons overflow.
+LARGEST_INT = 2**31 - 1
 
 VALIDATORS: dict[type, Callable[[Any], Any]] = {float: as_float, bool: as_bool, int: as_int}
 
@@ -45,13 +56,37 @@ class Param:
     required: bool = False
     scope: Scope = "shared"
     doc: str = ""
+    # The values a merge can use, bounds included (None: unbounded). Wider than the paper's range
+    # where mergekit computes something sensible (slerp's t outside [0, 1] extrapolates; weights
+    # may be negative): only values that surely break a merge are refused.
+    minimum: float | None = None
+    maximum: float | None = None
 
     @property
     def per_input(self) -> bool:
         return self.scope != "shared"
 
     def validate(self, value: Any) -> Any:
-        return VALIDATORS[self.type](value)
+        checked = VALIDATORS[self.type](value)
+        if self.type is bool:
+            return checked
+        if (self.minimum is not None and checked < self.minimum) or (
+            self.maximum is not None and checked > self.maximum
+        ):
+            raise ValueError(f"{value!r} is out of range: {self.name} takes {self.valid_range}")
+        return checked
+
+    @property
+    def valid_range(self) -> str:
+        """The range in words: '[0, 1]', 'values >= 0', 'values <= 2147483647', 'any finite number'."""
+        low, high = _bound(self.minimum), _bound(self.maximum)
+        if self.minimum is not None and self.maximum is not None:
+            return f"values in [{low}, {high}]"
+        if self.minimum is not None:
+            return f"values >= {low}"
+        if self.maximum is not None:
+            return f"values <= {high}"
+        return "any finite number"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from mergesmith.methods import sparsify
-from mergesmith.methods.spec import Inputs, MethodEntry, MethodSpec, Param
+from mergesmith.methods.spec import LARGEST_INT, Inputs, MethodEntry, MethodSpec, Param
 
 if TYPE_CHECKING:
     import torch
@@ -44,20 +44,42 @@ def _spec(
 ) -> MethodSpec:
     params = [
         Param("weight", float, required=True, scope="non_base", doc="scale of this model's task vector"),
-        Param("density", float, default=1.0, scope="non_base", doc="share of the task vector kept"),
+        Param(
+            "density",
+            float,
+            default=1.0,
+            scope="non_base",
+            doc="share of the task vector kept",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         Param("normalize", bool, default=normalize, doc="divide by the sum of the (kept) weights"),
         Param("rescale", bool, default=rescale, doc="restore each sparsified task vector's L1 norm"),
         Param("int8_mask", bool, default=False, doc="store sign masks as int8 (same result)"),
     ]
     if tall:
         params.append(Param("lambda", float, default=1.0, scope="non_base", doc="TALL mask threshold factor"))
-        params.append(Param("k", int, default=1, doc="models that must find an element important"))
+        params.append(
+            Param("k", int, default=1, doc="models that must find an element important", minimum=0, maximum=LARGEST_INT)
+        )
     else:
         params.append(Param("lambda", float, default=1.0, doc="scale of the merged task vector"))
     if sparsification == "magnitude_outliers":
-        params.append(Param("gamma", float, default=0.01, scope="non_base", doc="share of largest magnitudes removed"))
+        params.append(
+            Param(
+                "gamma",
+                float,
+                default=0.01,
+                scope="non_base",
+                doc="share of largest magnitudes removed",
+                minimum=0.0,
+                maximum=1.0,
+            )
+        )
     if sparsification == "della":
-        params.append(Param("epsilon", float, default=0.15, scope="non_base", doc="spread of keep probabilities"))
+        params.append(
+            Param("epsilon", float, default=0.15, scope="non_base", doc="spread of keep probabilities", minimum=0.0)
+        )
     return MethodSpec(
         name=name,
         pretty_name=pretty,

@@ -46,6 +46,7 @@ class LoadedRecipe:
     rebuilt: bool = False  # the indentation was lost and has been restored from the schema
     notes: tuple[str, ...] = ()  # choices made while restoring it
     readings: tuple[Reading, ...] = ()  # other readings of a rebuilt recipe, for the planner to compare
+    ignored_keys: tuple[str, ...] = ()  # unknown top-level keys that mergekit ignores (`name`, ...)
 
 
 def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
@@ -175,11 +176,43 @@ def _validate(text: str, source: str, data: Any) -> LoadedRecipe:
             f"{source}: a recipe is a YAML mapping with keys such as 'merge_method' and 'slices'",
             hint="see examples/ for complete recipes",
         )
+    ignored = _tolerated_top_level_keys(data)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate({k: v for k, v in data.items() if k not in ignored})
     except ValidationError as err:
         raise _recipe_error(err) from None
-    return LoadedRecipe(recipe=recipe, text=text, source=source)
+    return LoadedRecipe(recipe=recipe, text=text, source=source, ignored_keys=ignored)
+
+
+def _tolerated_top_level_keys(data: dict[Any, Any]) -> tuple[str, ...]:
+    """Unknown top-level keys that are not a misspelling of a real one (`name` in mergekit-multi
+    documents, notes): mergekit ignores them, and the plan warns. A close misspelling
+    (`merge_methd`) stays an error, like unknown keys at every other level; so does a key of a
+    deeper level (`weight`, `layer_range`): it is misplaced, usually by lost indentation."""
+    fields = list(Recipe.model_fields)
+    misplaced = _deeper_keys()
+    return tuple(
+        str(key)
+        for key in data
+        if isinstance(key, str)
+        and key not in fields
+        and key not in misplaced
+        and not difflib.get_close_matches(key, fields, n=1, cutoff=_TYPO_CUTOFF)
+    )
+
+
+def _deeper_keys() -> set[str]:
+    """Every key of a level below the top: schema fields, filter entries, parameter names."""
+    from mergesmith.methods import METHODS
+    from mergesmith.recipe import schema
+
+    keys = {"filter", "value"} | {p.name for spec, _ in METHODS.values() for p in spec.params}
+    for name in _MODEL_NAMES - {"Recipe"}:
+        keys |= set(getattr(schema, name).model_fields)
+    return keys
+
+
+_TYPO_CUTOFF = 0.7  # difflib's ratio above which an unknown key is taken for a misspelling
 
 
 def _describe_yaml_error(err: yaml.YAMLError, offset: int = 0) -> str:
@@ -231,13 +264,16 @@ def _dedupe(problems: list[Any]) -> list[Any]:
 def _describe_problem(problem: Any) -> tuple[str, str | None]:
     loc, kind = problem["loc"], problem["type"]
     path = _key_path(loc, problem) or "(top level)"
+    if kind == "extra_forbidden" and loc[-1] == "revision" and len(loc) > 1:
+        # mergekit 0.1.5 has no such key either: a revision is part of the reference.
+        return f"{path}: unknown key", "write the revision into the reference: model: org/name@rev"
     if kind == "extra_forbidden":
         return f"{path}: unknown key", _suggest(loc)
     if kind == "missing":
         return f"{path}: missing (required key)", None
     if kind == "bad_setting":
         return f"{path}: {problem['ctx']['message']}", None
-    if kind in ("outputs", "inputs", "tokenizer", "token", "empty", "reference"):
+    if kind in ("outputs", "inputs", "tokenizer", "token", "empty", "reference", "old_spelling"):
         return f"{path}: {problem['msg']}", None
     found = problem.get("input")
     return f"{path}: {_lowercase_first(problem['msg'])}, found {found!r}", None

@@ -45,6 +45,8 @@ def resolve_parameter(param: Param, levels: Sequence[Level], *, tensor_name: str
         where = levels[0].path.rsplit(".parameters", 1)[0] if levels else "parameters"
         raise PlanError(
             f"{where}: parameter {param.name!r} has no value for tensor {tensor_name}",
-            hint=f"set {param.name} under the model, the slice or the top-level parameters",
+            hint=f"set {param.name} under the model, the slice or the top-level parameters"
+            if param.per_input
+            else f"set {param.name} in the slice's or the top-level parameters (it is method-wide)",
         )
     return param.default

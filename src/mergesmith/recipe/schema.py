@@ -131,6 +131,19 @@ class Recipe(_Strict):
     out_dtype: str | None = None
     parameters: Parameters = None
 
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _no_old_spelling(cls, value: str | None) -> str | None:
+        # Old mergekit versions wrote `model:NAME`; 0.1.5 takes it for a model called "model:NAME".
+        if value is not None and value.startswith("model:"):
+            name = value.removeprefix("model:").strip()
+            raise PydanticCustomError(
+                "old_spelling",
+                "'{value}' is an old spelling that mergekit 0.1.5 no longer reads; write tokenizer_source: {name}",
+                {"value": value, "name": name},
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_kind_of_output(self) -> Recipe:
         given = [key for key in ("modules", "slices", "models") if getattr(self, key)]

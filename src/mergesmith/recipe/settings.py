@@ -140,7 +140,14 @@ def as_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, found {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
+        # NaN and inf (YAML's .nan, or 1.0e+400 read as inf) would silently fill the model with NaN.
+        try:
+            result = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ValueError(f"expected a finite number, found {value!r}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"expected a finite number, found {value!r}")
+        return result
     if isinstance(value, str):
         try:
             result = float(value)
