@@ -29,7 +29,9 @@ UNKNOWN_TOP_LEVEL_KEY = (
     "an unknown top-level key mergekit tolerates (name) must warn, not fail; and `lambda`, method-wide, set"
     " per model (mergekit ignores it there; an error today, docs/compatibility.md): without both it merges"
 )
+NAME_KEY = "an unknown top-level key mergekit tolerates (name, as mergekit-multi writes it) must warn, not fail"
 PENDING_OTHER_BRANCH: dict[str, str] = {
+    "athena-apollo-model-stock-name-key": NAME_KEY,
     "biomistral-della-linear-name-key": UNKNOWN_TOP_LEVEL_KEY,
 }
 
