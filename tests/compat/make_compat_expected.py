@@ -139,7 +139,7 @@ def make_suite(python: str) -> None:
 
 def make_real(python: str) -> None:
     sys.path.insert(0, str(HERE / "real_recipes"))
-    from real_models import RECIPES, build_inputs, load_real_recipe
+    from real_models import RECIPES, TIE_CHECKS, build_inputs, load_real_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs = build_inputs(Path(tmp) / "inputs")
@@ -147,7 +147,8 @@ def make_real(python: str) -> None:
         for path in RECIPES:
             recipe = load_real_recipe(path)
             has_tokenizer = any(k in recipe for k in ("tokenizer_source", "tokenizer", "chat_template"))
-            cases.append({"name": path.stem, "recipe": recipe, "flags": (), "vocabulary": has_tokenizer, "chat": False})
+            case = {"name": path.stem, "recipe": recipe, "flags": (), "vocabulary": has_tokenizer, "chat": False}
+            cases.append({**case, "tie_check": TIE_CHECKS.get(path.stem)})
         scenarios = record(python, cases, inputs, Path(tmp))
         write(HERE / "expected_real.json", inputs, scenarios)
 

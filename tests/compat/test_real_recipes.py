@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "real_recipes"))
 
 from compare import check_scenario, with_pending_marks  # noqa: E402
-from real_models import RECIPES, build_inputs, load_real_recipe  # noqa: E402
+from real_models import RECIPES, TIE_CHECKS, build_inputs, load_real_recipe  # noqa: E402
 from scenarios import RANDOM_METHODS, TIES_METHODS, Scenario  # noqa: E402
 from suite_models import folder_digest  # noqa: E402
 
@@ -40,7 +40,7 @@ def scenario_of(path: Path) -> Scenario:
     recipe = load_real_recipe(path)
     method = recipe["merge_method"]
     compare = "random" if method in RANDOM_METHODS else "ties" if method in TIES_METHODS else "exact"
-    return Scenario(path.stem, recipe, compare=compare)
+    return Scenario(path.stem, recipe, compare=compare, tie_check=TIE_CHECKS.get(path.stem))
 
 
 @pytest.fixture(scope="module")

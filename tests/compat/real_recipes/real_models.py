@@ -103,6 +103,18 @@ MODELS = {
 }
 
 
+# TIES recipes whose densities are plain numbers: compare.tied_positions can find their ties, so
+# every element away from a tied magnitude is compared with mergekit's bytes
+TIE_CHECKS = {
+    "mergekit-example-bio-merge": {
+        "base": "mistralai/Mistral-7B-v0.1",
+        "models": ["mistralai/Mistral-7B-Instruct-v0.2", "BioMistral/BioMistral-7B"],
+        "density": 0.5,
+        "dtype": "float16",
+    },
+}
+
+
 def load_real_recipe(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
