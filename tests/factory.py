@@ -6,6 +6,7 @@ from mergesmith.synthetic's per-name seeded generator, so a model is the same by
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,22 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         eos_token_id=2,
     ),
     "gpt2": dict(n_embd=32, n_head=4, n_positions=64),
+    "granite": dict(hidden_size=32, intermediate_size=48, num_attention_heads=2, num_key_value_heads=2),
+    # a vision-language model (mergekit's tests/common.py make_picoLlaVa): the text model's layers
+    # and a CLIP vision tower; `layers` sets the text model's layer count
+    "llava": dict(
+        vision_config=dict(
+            model_type="clip_vision_model",
+            image_size=32,
+            patch_size=4,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            hidden_size=64,
+            intermediate_size=128,
+        ),
+        text_config=dict(model_type="llama", hidden_size=32, intermediate_size=48, num_attention_heads=16),
+        image_seq_length=16,
+    ),
 }
 LAYER_KEY = {"gpt2": "n_layer"}
 
@@ -60,25 +77,35 @@ def build_model(
 def _config(arch: str, *, layers: int, tied: bool, vocab: int):
     from transformers import AutoConfig
 
-    kwargs = dict(ARCHITECTURES[arch])
-    kwargs[LAYER_KEY.get(arch, "num_hidden_layers")] = layers
+    kwargs = copy.deepcopy(ARCHITECTURES[arch])
+    if "text_config" in kwargs:  # the vocabulary and layer count belong to the text model
+        kwargs["text_config"].update(vocab_size=vocab, num_hidden_layers=layers)
+    else:
+        kwargs[LAYER_KEY.get(arch, "num_hidden_layers")] = layers
     config = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
     config.architectures = [_causal_lm_class(arch)]
     return config
 
 
 def _causal_lm_class(arch: str) -> str:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    return _model_class(arch).__name__
 
-    return AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(arch))].__name__
+
+def _model_class(arch: str):
+    """The causal LM class of `arch`, else its image-text-to-text class (llava)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config_class = type(AutoConfig.for_model(arch))
+    if config_class in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM._model_mapping[config_class]
+    return AutoModelForImageTextToText._model_mapping[config_class]
 
 
 def _state_shapes(config) -> list[tuple[str, tuple[int, ...]]]:
     import torch
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = _model_class(config.model_type)._from_config(config)
     state = model.state_dict()
     tied = set()
     if getattr(config, "tie_word_embeddings", False):

@@ -19,7 +19,11 @@ Scope = Literal["shared", "input", "non_base"]
 def as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise ValueError(f"expected true or false, found {value!r}")
+    # mergekit 0.1.5 reads a flag by its truth value, and published recipes write `normalize: 1.0`;
+    # 1 and 0 are taken, other numbers stay errors (a likely mistake, e.g. a weight in the wrong key)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"expected true or false (or 1, 0), found {value!r}")
 
 
 def as_int(value: Any) -> int:
