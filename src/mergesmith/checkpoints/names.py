@@ -70,3 +70,14 @@ def is_head(name: str) -> bool:
 def is_vocabulary_tensor(name: str) -> bool:
     """Input embeddings and the output projection: one row per token."""
     return is_head(name) or (LAYER_NAME.match(name) is None and any(m in name for m in VOCABULARY_MARKERS))
+
+
+# The modules whose weight has exactly one row per token of config.json's vocab_size (transformers
+# builds them from it); `embed_tokens_per_layer` and the like are sized by other keys.
+TOKEN_ROW_MODULES = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out")
+
+
+def is_token_rows(name: str) -> bool:
+    """model.embed_tokens.weight, lm_head.weight, transformer.wte.weight: not layer tensors."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in TOKEN_ROW_MODULES and not LAYER_NAME.match(name)
