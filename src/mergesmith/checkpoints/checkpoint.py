@@ -10,7 +10,7 @@ from typing import Any
 
 from mergesmith.checkpoints import hub
 from mergesmith.checkpoints.config_fields import check_config, config_vocab_size
-from mergesmith.checkpoints.layers import LayerLayout, find_layers
+from mergesmith.checkpoints.layers import LayerGapError, LayerLayout, find_layers
 from mergesmith.checkpoints.names import (
     BIN_INDEX,
     BIN_SINGLE,
@@ -43,7 +43,14 @@ class Checkpoint:
 
     @cached_property
     def layout(self) -> LayerLayout:
-        return find_layers(self.weight_map)
+        try:
+            return find_layers(self.weight_map)
+        except LayerGapError as err:
+            raise CheckpointError(
+                f"model {self.ref.text!r}: layer {err.first_missing} has no tensors, but the tensor names go up to "
+                f"layer {err.count - 1} ({err.missing} of {err.count} layers have none)",
+                hint="the checkpoint is incomplete or its tensor names are damaged; download it again",
+            ) from None
 
     def file_path(self, filename: str) -> Path | None:
         """A file of the model (downloaded on first use for hub models), or None if it has none.

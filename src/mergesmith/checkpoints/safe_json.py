@@ -9,6 +9,7 @@ another reader may pick the other one). Every JSON read of an input file goes th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ MAX_TOKENIZER_BYTES = 256 * 2**20  # tokenizer.json: a 256k vocabulary with merg
 _CORRUPT_HINT = "the file is damaged or was not written by a model library; download the model again"
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
 
 
 def read_json(path: Path, where: str, *, max_bytes: int = MAX_BYTES) -> Any:
@@ -61,7 +63,7 @@ def parse_json(raw: bytes, where: str) -> Any:
     if depth > MAX_DEPTH:
         raise CheckpointError(f"{where}: JSON nested more than {MAX_DEPTH} levels deep", hint=_CORRUPT_HINT)
     try:
-        return json.loads(raw, object_pairs_hook=_unique_keys)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateKey as err:
         raise CheckpointError(
             f"{where}: key {err.key!r} appears twice in one JSON object",
@@ -73,8 +75,25 @@ def parse_json(raw: bytes, where: str) -> Any:
         raise CheckpointError(
             f"{where}: not valid JSON ({err.msg}: line {err.lineno} column {err.colno})", hint=_CORRUPT_HINT
         ) from None
+    except ValueError as err:  # an integer of more than 4300 digits (Python's limit), say
+        raise CheckpointError(f"{where}: not valid JSON ({err})", hint=_CORRUPT_HINT) from None
     except RecursionError:  # not reached below MAX_DEPTH; kept so that no traceback escapes
         raise CheckpointError(f"{where}: JSON nested too deep to read", hint=_CORRUPT_HINT) from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(data, where)
+    return data
+
+
+def _refuse_lone_surrogates(data: Any, where: str) -> None:
+    """A `\\ud800` escape without its pair parses to a str that cannot be written as UTF-8: the
+    merged model's JSON files would fail to write, after the merge. Pairs (emoji) are fine."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise CheckpointError(
+            f"{where}: holds an unpaired UTF-16 surrogate escape ({err.object[err.start:err.end]!a}), which is not text",
+            hint=_CORRUPT_HINT,
+        ) from None
 
 
 def nesting_depth(raw: bytes, limit: int) -> int:
