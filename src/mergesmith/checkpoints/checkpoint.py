@@ -19,8 +19,8 @@ from mergesmith.checkpoints.names import (
     SAFETENSORS_SINGLE,
     is_token_rows,
 )
-from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.reference import ModelReference, resolve_reference
+from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header, read_range
 from mergesmith.errors import CheckpointError
 
@@ -96,8 +96,7 @@ class Checkpoint:
         if vocab_size is None or not info.shape or not is_token_rows(info.name) or info.shape[0] == vocab_size:
             return
         raise CheckpointError(
-            f"model {self.ref.text!r}: {CONFIG} says vocab_size {vocab_size}, "
-            f"but {info.name} has {info.shape[0]} rows",
+            f"model {self.ref.text!r}: {CONFIG} says vocab_size {vocab_size}, but {info.name} has {info.shape[0]} rows",
             hint=f"transformers cannot load a model whose embeddings disagree with vocab_size; if the weights "
             f'are right, set "vocab_size": {info.shape[0]} in {self.folder / CONFIG}',
         )

@@ -91,7 +91,8 @@ def _refuse_lone_surrogates(data: Any, where: str) -> None:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as err:
         raise CheckpointError(
-            f"{where}: holds an unpaired UTF-16 surrogate escape ({err.object[err.start:err.end]!a}), which is not text",
+            f"{where}: holds an unpaired UTF-16 surrogate escape "
+            f"({err.object[err.start : err.end]!a}), which is not text",
             hint=_CORRUPT_HINT,
         ) from None
 

@@ -123,7 +123,8 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
         raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not match shape {shape} of {dtype}")
     if data_start + end > file_size:
         raise CheckpointError(
-            f"{path}: tensor {name}: data lies outside the file (ends at byte {data_start + end}, file has {file_size})",
+            f"{path}: tensor {name}: data lies outside the file "
+            f"(ends at byte {data_start + end}, file has {file_size})",
             hint="the file is truncated; download it again",
         )
     return TensorInfo(name, path, dtype, tuple(shape), data_start + begin, nbytes)
@@ -139,9 +140,7 @@ def _bad_dtype(path: Path, name: str, dtype: object) -> NoReturn:
 def _bad_field(path: Path, name: str, field: str, value: object, expected: str) -> NoReturn:
     shown = json.dumps(value)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    raise CheckpointError(
-        f"{path}: tensor {name}: corrupt {field} {shown} (expected {expected})", hint=_REDOWNLOAD
-    )
+    raise CheckpointError(f"{path}: tensor {name}: corrupt {field} {shown} (expected {expected})", hint=_REDOWNLOAD)
 
 
 def piece_spans(info: TensorInfo, piece_bytes: int) -> Iterator[tuple[int, int]]:

@@ -129,10 +129,14 @@ def _default_template(template: object, where: str) -> str | None:
     if template is None or isinstance(template, str):
         return template
     named = template if isinstance(template, list) else [None]
-    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str) for t in named):
+    if not all(isinstance(t, dict) and _is_text(t.get("name")) and _is_text(t.get("template")) for t in named):
         raise CheckpointError(
             f"{where}: chat_template is {json_type(template)} of other things, "
             'expected a string or a list of {"name": ..., "template": ...}',
             hint=_REDOWNLOAD,
         )
     return next((t["template"] for t in named if t["name"] == "default"), None)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
