@@ -21,7 +21,7 @@ from mergesmith.checkpoints.names import (
     config_parts,
 )
 from mergesmith.checkpoints.safe_json import read_json
-from mergesmith.checkpoints.tokenizer import Tokenizer, read_chat_template
+from mergesmith.checkpoints.tokenizer import Tokenizer, check_tokenizer_config, read_chat_template
 from mergesmith.dtypes import config_name
 from mergesmith.templates import chat_template_text
 from mergesmith.vocabulary import Vocabulary
@@ -55,6 +55,7 @@ def copied_files(
     """Tokenizer files come from the output vocabulary's source model (the donor without one);
     generation settings from the donor. An edited tokenizer is written, not copied (write.py)."""
     tokenizer_model = vocabulary.source if vocabulary is not None else donor
+    check_tokenizer_config(checkpoints[tokenizer_model])  # the merge may rewrite it
     copied = []
     for name in DONOR_FILES:
         owner = donor if name in GENERATION_FILES else tokenizer_model

@@ -51,6 +51,7 @@ def read_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
         found = json_type(data) if not isinstance(data, dict) else f"a model that is {json_type(data.get('model'))}"
         raise CheckpointError(f"{where}: expected an object with a model object, found {found}", hint=_REDOWNLOAD)
     vocab = _model_vocab(data["model"], where)
+    _check_merges(data["model"].get("merges"), where)
     added = _added_tokens(data.get("added_tokens"), where)
     for i, entry in sorted(added.items()):
         vocab[entry["content"]] = i
@@ -77,6 +78,19 @@ def _model_vocab(model: dict[str, Any], where: str) -> dict[str, int]:
         f"{where}: model.vocab is {json_type(vocab)}, expected an object of token ids or a list of [token, score]",
         hint=_REDOWNLOAD,
     )
+
+
+def _check_merges(merges: object, where: str) -> None:
+    """BPE merges: "a b" strings (older files) or ["a", "b"] pairs; a merged vocabulary edits them."""
+    if merges is None:
+        return
+    if not isinstance(merges, list):
+        raise CheckpointError(f"{where}: model.merges is {json_type(merges)}, expected a list", hint=_REDOWNLOAD)
+    for i, merge in enumerate(merges):
+        if not (type(merge) is str or (type(merge) is list and len(merge) == 2 and all(type(m) is str for m in merge))):
+            raise CheckpointError(
+                f'{where}: model.merges[{i}] is {json_type(merge)}, expected "a b" or ["a", "b"]', hint=_REDOWNLOAD
+            )
 
 
 def _added_tokens(entries: object, where: str) -> dict[int, dict[str, Any]]:
@@ -111,17 +125,44 @@ def read_chat_template(checkpoint: Checkpoint) -> str | None:
     if jinja is not None:
         return read_text(jinja, f"model {name!r}: {jinja}")
     for filename in (CHAT_TEMPLATE_JSON, TOKENIZER_CONFIG):
-        path = checkpoint.file_path(filename)
-        if path is None:
-            continue
-        where = f"model {name!r}: {path}"
-        data = read_json(path, where)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{where}: holds {json_type(data)}, expected an object", hint=_REDOWNLOAD)
-        template = _default_template(data.get("chat_template"), where)
-        if template:
+        found = _read_settings(checkpoint, filename)
+        if found is not None and (template := _default_template(found[1].get("chat_template"), found[0])):
             return template
     return None
+
+
+def check_tokenizer_config(checkpoint: Checkpoint) -> None:
+    """tokenizer_config.json, when the model has one: the merge rewrites it (chat template, added
+    tokens), so it must be an object whose added_tokens_decoder maps token ids to objects."""
+    found = _read_settings(checkpoint, TOKENIZER_CONFIG)
+    if found is None:
+        return
+    where, settings = found
+    _default_template(settings.get("chat_template"), where)
+    decoder = settings.get("added_tokens_decoder")
+    if decoder is None:
+        return
+    if not isinstance(decoder, dict):
+        raise CheckpointError(f"{where}: added_tokens_decoder is {json_type(decoder)}, expected an object")
+    for key, entry in decoder.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10 and isinstance(entry, dict)):
+            raise CheckpointError(
+                f"{where}: added_tokens_decoder[{key!r}] is {json_type(entry)}, "
+                'expected a token id ("32000") mapped to an object',
+                hint=_REDOWNLOAD,
+            )
+
+
+def _read_settings(checkpoint: Checkpoint, filename: str) -> tuple[str, dict[str, Any]] | None:
+    """(where, content) of a JSON object file of the model, or None when it has no such file."""
+    path = checkpoint.file_path(filename)
+    if path is None:
+        return None
+    where = f"model {checkpoint.ref.text!r}: {path}"
+    data = read_json(path, where)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: holds {json_type(data)}, expected an object", hint=_REDOWNLOAD)
+    return where, data
 
 
 def _default_template(template: object, where: str) -> str | None:
