@@ -549,7 +549,7 @@ def test_hostile_model_folder(case: Case, command: str, fixtures, tmp_path: Path
     code, err = run(args, capsys)
     assert code == 1, err
     assert "Traceback" not in err
-    assert err.count("error:") == 1, err
+    assert err.count("error:") == 1 and err.count("hint:") == 1, err
     position = 0
     for part in case.expected:
         found = err.find(part, position)

@@ -48,7 +48,9 @@ def read_bytes(path: Path, where: str, *, max_bytes: int) -> bytes:
         with open(path, "rb") as fh:
             raw = fh.read(max_bytes + 1)  # never more than the bound, whatever the file claims
     except OSError as err:
-        raise CheckpointError(f"{where}: cannot read ({err.strerror or err})") from None
+        raise CheckpointError(
+            f"{where}: cannot read ({err.strerror or err})", hint="check that the file is readable by you"
+        ) from None
     if len(raw) > max_bytes:
         raise CheckpointError(
             f"{where}: larger than {max_bytes // 2**20} MiB, more than such a file ever needs",

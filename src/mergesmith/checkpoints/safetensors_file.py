@@ -56,7 +56,9 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     spans = sorted((i.start, i.start + i.nbytes, i.name) for i in infos.values() if i.nbytes)
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         if start < end:
-            raise CheckpointError(f"{path}: corrupt safetensors header (tensors {first} and {second} overlap)")
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header (tensors {first} and {second} overlap)", hint=_REDOWNLOAD
+            )
     return infos
 
 
@@ -67,7 +69,7 @@ def _header_bytes(path: Path) -> tuple[bytes, int]:
             size = os.fstat(fh.fileno()).st_size
             prefix = fh.read(8)
             if len(prefix) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)", hint=_REDOWNLOAD)
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(_MAX_HEADER_BYTES, size - 8):
                 raise CheckpointError(
@@ -103,7 +105,9 @@ def _check_metadata(path: Path, metadata: object) -> None:
 def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_size: int) -> TensorInfo:
     # Called once per tensor of a header that may list a million: the common case is a few checks.
     if type(entry) is not dict:
-        raise CheckpointError(f"{path}: tensor {name}: corrupt header entry ({json_type(entry)}, not an object)")
+        raise CheckpointError(
+            f"{path}: tensor {name}: corrupt header entry ({json_type(entry)}, not an object)", hint=_REDOWNLOAD
+        )
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if type(dtype) is not str or dtype not in SAFETENSORS_DTYPES:
         _bad_dtype(path, name, dtype)
@@ -120,7 +124,9 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
             hint=_REDOWNLOAD,
         )
     if end - begin != nbytes:
-        raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets} do not match shape {shape} of {dtype}")
+        raise CheckpointError(
+            f"{path}: tensor {name}: data_offsets {offsets} do not match shape {shape} of {dtype}", hint=_REDOWNLOAD
+        )
     if data_start + end > file_size:
         raise CheckpointError(
             f"{path}: tensor {name}: data lies outside the file "
@@ -168,7 +174,9 @@ def read_into(info: TensorInfo, view: memoryview, offset: int = 0) -> None:
         while done < len(view):
             got = os.preadv(fd, [view[done:]], info.start + offset + done)
             if got == 0:
-                raise CheckpointError(f"{info.path}: tensor {info.name}: file ended early (truncated?)")
+                raise CheckpointError(
+                    f"{info.path}: tensor {info.name}: file ended early (truncated?)", hint=_REDOWNLOAD
+                )
             done += got
     finally:
         os.close(fd)

@@ -143,7 +143,9 @@ def check_tokenizer_config(checkpoint: Checkpoint) -> None:
     if decoder is None:
         return
     if not isinstance(decoder, dict):
-        raise CheckpointError(f"{where}: added_tokens_decoder is {json_type(decoder)}, expected an object")
+        raise CheckpointError(
+            f"{where}: added_tokens_decoder is {json_type(decoder)}, expected an object", hint=_REDOWNLOAD
+        )
     for key, entry in decoder.items():
         if not (key.isascii() and key.isdigit() and len(key) <= 10 and isinstance(entry, dict)):
             raise CheckpointError(
