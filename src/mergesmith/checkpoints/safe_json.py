@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ MAX_BYTES = 64 * 2**20  # config, index, tokenizer_config, generation settings, 
 MAX_TOKENIZER_BYTES = 256 * 2**20  # tokenizer.json: a 256k vocabulary with merges is ~35 MB
 
 _CORRUPT_HINT = "the file is damaged or was not written by a model library; download the model again"
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b'"[]{}')
+_NOT_SKELETON = bytes(c for c in range(256) if c not in b'"[]{}:')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
 
@@ -59,13 +60,28 @@ def read_bytes(path: Path, where: str, *, max_bytes: int) -> bytes:
     return raw
 
 
-def parse_json(raw: bytes, where: str) -> Any:
-    """Parse JSON bytes: nesting at most MAX_DEPTH levels, no key twice in one object."""
-    depth = nesting_depth(raw, MAX_DEPTH)
-    if depth > MAX_DEPTH:
+def parse_json(raw: bytes, where: str, *, count_keys: Callable[[Any], int] | None = None) -> Any:
+    """Parse JSON bytes: nesting at most MAX_DEPTH levels, no key twice in one object.
+
+    Finding a repeated key takes a Python call per object. `count_keys`, for data of a known shape
+    (a safetensors header: a million small objects), counts the keys of some of the parsed objects;
+    when that equals the number of keys in the text, none was repeated and the data is returned
+    from one plain parse. Otherwise the text is parsed again, object by object, to name the key.
+    """
+    skeleton = _skeleton(raw)
+    if _depth(skeleton.replace(b":", b""), MAX_DEPTH) > MAX_DEPTH:
         raise CheckpointError(f"{where}: JSON nested more than {MAX_DEPTH} levels deep", hint=_CORRUPT_HINT)
+    data = _loads(raw, where, None) if count_keys is not None else None
+    if data is None or count_keys is None or count_keys(data) != skeleton.count(b":"):
+        data = _loads(raw, where, _unique_keys)
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(data, where)
+    return data
+
+
+def _loads(raw: bytes, where: str, hook: Callable[[list[tuple[str, Any]]], Any] | None) -> Any:
     try:
-        data = json.loads(raw, object_pairs_hook=_unique_keys)
+        return json.loads(raw, object_pairs_hook=hook)
     except _DuplicateKey as err:
         raise CheckpointError(
             f"{where}: key {err.key!r} appears twice in one JSON object",
@@ -81,9 +97,6 @@ def parse_json(raw: bytes, where: str) -> Any:
         raise CheckpointError(f"{where}: not valid JSON ({err})", hint=_CORRUPT_HINT) from None
     except RecursionError:  # not reached below MAX_DEPTH; kept so that no traceback escapes
         raise CheckpointError(f"{where}: JSON nested too deep to read", hint=_CORRUPT_HINT) from None
-    if _SURROGATE_ESCAPE.search(raw):
-        _refuse_lone_surrogates(data, where)
-    return data
 
 
 def _refuse_lone_surrogates(data: Any, where: str) -> None:
@@ -102,25 +115,35 @@ def _refuse_lone_surrogates(data: Any, where: str) -> None:
 def nesting_depth(raw: bytes, limit: int) -> int:
     """How deeply `raw`'s arrays and objects nest, counted up to `limit + 1` (then it stops).
 
-    Linear in `raw` and done by bytes methods (C loops): strings are dropped first, so brackets
-    inside them do not count. Malformed JSON gives some number; json.loads then reports it.
-
     >>> nesting_depth(b'{"a": [1, {"b": "[[["}]}', 100)
     3
     """
+    return _depth(_skeleton(raw).replace(b":", b""), limit)
+
+
+def _skeleton(raw: bytes) -> bytes:
+    """The brackets (as [ and ]) and colons of `raw` outside its strings: its nesting and its keys.
+
+    Linear in `raw` and done by bytes methods (C loops). Malformed JSON gives some skeleton;
+    json.loads then reports where it is malformed.
+    """
     # Escaped backslashes, then escaped quotes: every quote left opens or closes a string.
     text = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    text = text.translate(_SQUARE, _NOT_BRACKETS)  # only quotes and [ ] remain
-    text = text.replace(b'""', b"")  # strings without brackets in them; quote parity is kept
+    text = text.translate(_SQUARE, _NOT_SKELETON)  # only quotes, [ ] and : remain
+    text = text.replace(b'""', b"")  # strings without brackets or colons in them; quote parity is kept
     if b'"' in text:
         text = b"".join(text.split(b'"')[::2])  # outside strings: the even pieces
+    return text
+
+
+def _depth(brackets: bytes, limit: int) -> int:
     # Each pass removes the innermost level: a balanced text of depth d is empty after d passes.
     depth = 0
-    while text and depth <= limit:
-        shorter = text.replace(b"[]", b"")
-        if len(shorter) == len(text):  # unbalanced: not JSON, json.loads says where
+    while brackets and depth <= limit:
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):  # unbalanced: not JSON, json.loads says where
             break
-        text, depth = shorter, depth + 1
+        brackets, depth = shorter, depth + 1
     return depth
 
 

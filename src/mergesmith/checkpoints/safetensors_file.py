@@ -21,6 +21,7 @@ from mergesmith.dtypes import SAFETENSORS_DTYPES, element_size
 from mergesmith.errors import CheckpointError
 
 _MAX_HEADER_BYTES = 100 * 1000 * 1000  # the safetensors library's own limit (100 MB)
+_INT = frozenset({int})
 _INT64_MAX = 2**63 - 1  # torch and the safetensors library count elements and bytes in 64 bits
 _REDOWNLOAD = "the file is damaged or was not written by a safetensors library; download it again"
 
@@ -40,18 +41,21 @@ class TensorInfo(NamedTuple):
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and check a safetensors header: dtypes known, sizes match shapes, ranges inside the file."""
     raw, file_size = _header_bytes(path)
-    header = parse_json(raw, f"{path}: corrupt safetensors header")
+    header = parse_json(raw, f"{path}: corrupt safetensors header", count_keys=_entry_keys)
     if not isinstance(header, dict):
         raise CheckpointError(
             f"{path}: corrupt safetensors header (it is {json_type(header)}, not a JSON object)", hint=_REDOWNLOAD
         )
     _check_metadata(path, header.get("__metadata__"))
     data_start = 8 + len(raw)
-    infos = {
-        name: _tensor_info(path, name, entry, data_start, file_size)
-        for name, entry in header.items()
-        if name != "__metadata__"
-    }
+    header.pop("__metadata__", None)
+    # Entries are taken out as they are checked, so that the parsed JSON and the TensorInfos are
+    # not both held whole (a 100 MB header parses to about 1 GB of objects).
+    backwards = []
+    while header:
+        name, entry = header.popitem()
+        backwards.append(_tensor_info(path, name, entry, data_start, file_size))
+    infos = {info.name: info for info in reversed(backwards)}
     # Tensors must not share bytes: a crafted header could make one write show through another.
     spans = sorted((i.start, i.start + i.nbytes, i.name) for i in infos.values() if i.nbytes)
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
@@ -60,6 +64,13 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                 f"{path}: corrupt safetensors header (tensors {first} and {second} overlap)", hint=_REDOWNLOAD
             )
     return infos
+
+
+def _entry_keys(header: object) -> int:
+    """The keys of a header and of its entries (and of __metadata__): all of them, in a valid one."""
+    if type(header) is not dict:
+        return 0
+    return len(header) + sum(len(entry) for entry in header.values() if type(entry) is dict)
 
 
 def _header_bytes(path: Path) -> tuple[bytes, int]:
@@ -111,14 +122,18 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int, file_siz
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if type(dtype) is not str or dtype not in SAFETENSORS_DTYPES:
         _bad_dtype(path, name, dtype)
-    if type(shape) is not list or not all(type(d) is int and 0 <= d <= _INT64_MAX for d in shape):
+    # `type(v) is int` refuses true/false; map/min/max keep the loops in C
+    if type(shape) is not list or not _INT.issuperset(map(type, shape)) or (shape and not 0 <= min(shape)):
         _bad_field(path, name, "shape", shape, "a list of integers from 0 to 2**63-1")
-    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
+    if shape and max(shape) > _INT64_MAX:
+        _bad_field(path, name, "shape", shape, "a list of integers from 0 to 2**63-1")
+    if type(offsets) is not list or len(offsets) != 2 or not _INT.issuperset(map(type, offsets)) or min(offsets) < 0:
         _bad_field(path, name, "data_offsets", offsets, "two integers [begin, end], both 0 or more")
     begin, end = offsets
-    nbytes = math.prod(shape) * element_size(dtype)
+    size = SAFETENSORS_DTYPES[dtype][1]
+    nbytes = math.prod(shape) * size
     # torch multiplies the dimensions other than 0 too (for strides), so a 0 does not make it safe
-    if nbytes > _INT64_MAX or (nbytes == 0 and math.prod(d or 1 for d in shape) * element_size(dtype) > _INT64_MAX):
+    if nbytes > _INT64_MAX or (nbytes == 0 and math.prod(d or 1 for d in shape) * size > _INT64_MAX):
         raise CheckpointError(
             f"{path}: tensor {name}: shape {shape} of {dtype} is too large: its size in bytes overflows int64",
             hint=_REDOWNLOAD,

@@ -99,3 +99,21 @@ def test_size_is_bounded_before_parsing(tmp_path: Path) -> None:
 def test_a_file_that_cannot_be_opened(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="where: cannot read"):
         read_json(tmp_path / "missing.json", "where")
+
+
+def top_and_second_level_keys(data: dict) -> int:
+    return len(data) + sum(len(v) for v in data.values() if isinstance(v, dict))
+
+
+def test_counted_keys_still_find_a_repeated_key() -> None:
+    with pytest.raises(CheckpointError, match="key 't' appears twice"):
+        parse_json(b'{"t": {"a": 1}, "t": {"a": 2}}', "x", count_keys=top_and_second_level_keys)
+    with pytest.raises(CheckpointError, match="key 'a' appears twice"):
+        parse_json(b'{"t": {"a": 1, "a": 2}}', "x", count_keys=top_and_second_level_keys)
+
+
+def test_keys_the_count_leaves_out_fall_back_to_the_full_check() -> None:
+    text = b'{"t": {"a": {"deep": 1, "more": 2}}, "u": {"k": ":"}}'  # a colon in a string is no key
+    assert parse_json(text, "x", count_keys=top_and_second_level_keys) == json.loads(text)
+    with pytest.raises(CheckpointError, match="key 'deep' appears twice"):
+        parse_json(b'{"t": {"a": {"deep": 1, "deep": 2}}}', "x", count_keys=top_and_second_level_keys)
