@@ -279,7 +279,7 @@ CASES: list[Case] = [
     Case(
         "added-token-id-string",
         edit("tokenizer.json", lambda t: t["added_tokens"][0].update(id="0")),
-        ("tokenizer.json: added_tokens[0].id is '0', expected a token id",),
+        ('tokenizer.json: added_tokens[0].id is "0", expected a token id',),
         model="tokenized",
         recipe=TOKENIZER,
     ),
@@ -293,7 +293,7 @@ CASES: list[Case] = [
     Case(
         "vocab-id-boolean",
         edit("tokenizer.json", lambda t: t["model"]["vocab"].update({"a": True})),
-        ("tokenizer.json: model.vocab['a'] is True, expected a token id",),
+        ("tokenizer.json: model.vocab['a'] is true, expected a token id",),
         model="tokenized",
         recipe=TOKENIZER,
     ),
@@ -388,7 +388,7 @@ CASES: list[Case] = [
     Case(
         "num-hidden-layers-boolean",
         edit("config.json", lambda c: c.update(num_hidden_layers=True)),
-        ("config.json: num_hidden_layers is true (true), expected a whole number of layers",),
+        ("config.json: num_hidden_layers is true, expected a whole number of layers",),
     ),
     Case(
         "vocab-size-disagrees",  # transformers: size mismatch for model.embed_tokens.weight

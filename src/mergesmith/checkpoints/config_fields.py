@@ -81,6 +81,8 @@ def _check_fields(
             shown = json.dumps(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise CheckpointError(
-                f"model {model!r}: {path}: {prefix}{key} is {json_type(value)} ({shown}), expected {expected}",
+                f"model {model!r}: {path}: {prefix}{key} is {json_type(value)}"
+                + ("" if isinstance(value, bool) else f" ({shown})")
+                + f", expected {expected}",
                 hint=f"fix {prefix}{key} in {path.name}, or download the model again",
             )

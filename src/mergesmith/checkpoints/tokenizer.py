@@ -3,6 +3,7 @@ files transformers writes (no transformers or torch import: planning stays fast)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from mergesmith.checkpoints.safe_json import MAX_TOKENIZER_BYTES, json_type, rea
 from mergesmith.errors import CheckpointError
 
 _MAX_TOKEN_ID = 2**31 - 1  # tokenizers stores ids as u32; transformers' embeddings index with them
-_REDOWNLOAD = "tokenizer files are written by transformers' save_pretrained; download the model's again"
+_REDOWNLOAD = "tokenizer files are written by transformers' save_pretrained; download the model again"
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -115,7 +116,8 @@ def _added_tokens(entries: object, where: str) -> dict[int, dict[str, Any]]:
 
 def _check_id(value: object, field: str) -> None:
     if not (type(value) is int and 0 <= value <= _MAX_TOKEN_ID):
-        raise CheckpointError(f"{field} is {value!r}, expected a token id from 0 to {_MAX_TOKEN_ID}", hint=_REDOWNLOAD)
+        shown = json.dumps(value)[:40]
+        raise CheckpointError(f"{field} is {shown}, expected a token id from 0 to {_MAX_TOKEN_ID}", hint=_REDOWNLOAD)
 
 
 def read_chat_template(checkpoint: Checkpoint) -> str | None:
