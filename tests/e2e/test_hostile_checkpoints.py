@@ -128,6 +128,24 @@ def rename_tensor(old: str, new: str) -> Callable[[Path], None]:
     return header(lambda h: h.update({new: h.pop(old)}))
 
 
+def pickled(state: Callable[[], object]) -> Callable[[Path], None]:
+    """Replace the weights by a pytorch_model.bin holding `state()` (only plain data, so loadable)."""
+
+    def attack(folder: Path) -> None:
+        import torch
+
+        (folder / SINGLE).unlink()
+        torch.save(state(), folder / "pytorch_model.bin")
+
+    return attack
+
+
+def _tensors(**named):
+    import torch
+
+    return {name: torch.zeros(2, dtype=getattr(torch, dtype)) for name, dtype in named.items()}
+
+
 CASES: list[Case] = [
     # --- escape: every path from an index stays inside the model folder
     Case(
@@ -483,6 +501,21 @@ CASES: list[Case] = [
         "config-eos-string",
         edit("config.json", lambda c: c.update(eos_token_id="</s>")),
         ('config.json: eos_token_id is a string ("</s>"), expected a token id or a list of token ids',),
+    ),
+    Case(
+        "bin-not-a-dict",  # state.items() raised AttributeError
+        pickled(lambda: [1, 2]),
+        ("model 'a': pytorch_model.bin: holds a list, not a dict of tensors", "hint:"),
+    ),
+    Case(
+        "bin-integer-key",  # names are matched with regular expressions
+        pickled(lambda: {5: _tensors(w="float32")["w"]}),
+        ("model 'a': pytorch_model.bin: entry 5 (Tensor) is not a tensor under a string name",),
+    ),
+    Case(
+        "bin-complex-dtype",  # code_from_torch raised ValueError
+        pickled(lambda: _tensors(**{"model.norm.weight": "complex64"})),
+        ("model 'a': pytorch_model.bin: tensor model.norm.weight has dtype torch.complex64, which cannot be merged",),
     ),
     Case(
         "wild-layer-index",  # layers 4 .. 99999999 would be built empty (10**8 tuples)

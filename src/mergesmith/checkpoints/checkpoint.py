@@ -201,11 +201,34 @@ class Checkpoint:
                     hint="convert it to safetensors where you trust it, or use the model's safetensors release",
                 ) from None
             raise CheckpointError(f"model {self.ref.text!r}: cannot load {filename} safely ({err})") from None
+        self._check_state(filename, state)
         self._bin_state[filename] = state
         return {
             name: TensorInfo(name, path, code_from_torch(t.dtype), tuple(t.shape), -1, t.numel() * t.element_size())
             for name, t in state.items()
         }
+
+    def _check_state(self, filename: str, state: object) -> None:
+        """A pickled checkpoint is a dict of tensor name -> tensor of a dtype safetensors has."""
+        import torch
+
+        from mergesmith.dtypes import SAFETENSORS_DTYPES
+
+        where = f"model {self.ref.text!r}: {filename}"
+        hint = "save the model with transformers (save_pretrained), or use its safetensors release"
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where}: holds a {type(state).__name__}, not a dict of tensors", hint=hint)
+        known = {getattr(torch, attr) for attr, _ in SAFETENSORS_DTYPES.values()}
+        for name, tensor in state.items():
+            if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+                raise CheckpointError(
+                    f"{where}: entry {name!r} ({type(tensor).__name__}) is not a tensor under a string name",
+                    hint=hint,
+                )
+            if tensor.dtype not in known:
+                raise CheckpointError(
+                    f"{where}: tensor {name} has dtype {tensor.dtype}, which cannot be merged", hint=hint
+                )
 
 
 def _check_weight_file_name(where: str, name: str, filename: object) -> None:
