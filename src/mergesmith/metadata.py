@@ -5,13 +5,13 @@ where the tokenizer files come from, and the chat template."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from mergesmith.checkpoints import Checkpoint
+from mergesmith.checkpoints.config_fields import check_generation_config
 from mergesmith.checkpoints.names import (
     DONOR_FILES,
     GENERATION_FILES,
@@ -20,9 +20,9 @@ from mergesmith.checkpoints.names import (
     TOKEN_ID_KEYS,
     config_parts,
 )
-from mergesmith.checkpoints.tokenizer import Tokenizer, read_chat_template
+from mergesmith.checkpoints.safe_json import read_json
+from mergesmith.checkpoints.tokenizer import Tokenizer, check_tokenizer_config, read_chat_template
 from mergesmith.dtypes import config_name
-from mergesmith.errors import PlanError
 from mergesmith.templates import chat_template_text
 from mergesmith.vocabulary import Vocabulary
 
@@ -55,6 +55,7 @@ def copied_files(
     """Tokenizer files come from the output vocabulary's source model (the donor without one);
     generation settings from the donor. An edited tokenizer is written, not copied (write.py)."""
     tokenizer_model = vocabulary.source if vocabulary is not None else donor
+    check_tokenizer_config(checkpoints[tokenizer_model])  # the merge may rewrite it
     copied = []
     for name in DONOR_FILES:
         owner = donor if name in GENERATION_FILES else tokenizer_model
@@ -92,10 +93,8 @@ def generation_config(donor: Checkpoint, remap) -> dict[str, Any] | None:
     path = donor.file_path(GENERATION_FILES[0])
     if path is None:
         return None
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PlanError(f"model {donor.ref.text!r}: cannot read {path} ({err})") from None
+    where = f"model {donor.ref.text!r}: {path}"
+    settings = check_generation_config(read_json(path, where), path, donor.ref.text)
     _remap_token_ids(settings, remap)
     return settings
 

@@ -6,12 +6,11 @@ Problems are collected, not raised one at a time: a report lists all of them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergesmith.checkpoints.layers import find_layers
+from mergesmith.checkpoints.layers import LayerGapError, find_layers
 from mergesmith.checkpoints.names import (
     CONFIG,
     LAYER_COUNT_KEYS,
@@ -21,6 +20,7 @@ from mergesmith.checkpoints.names import (
     is_head,
     is_vocabulary_tensor,
 )
+from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.safetensors_file import TensorInfo, piece_spans, read_header, read_range
 from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
 from mergesmith.errors import CheckpointError
@@ -62,10 +62,7 @@ def _tensor_infos(folder: Path, report: VerifyReport) -> dict[str, TensorInfo]:
     shards = sorted(p.name for p in folder.glob("*.safetensors"))
     expected: dict[str, str] | None = None
     if index_path.is_file():
-        try:
-            expected = {str(k): str(v) for k, v in json.loads(index_path.read_text("utf-8"))["weight_map"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            report.problems.append(f"{SAFETENSORS_INDEX}: unreadable ({err})")
+        expected = _weight_map(index_path, report)
         if expected is not None:
             for shard in sorted(set(expected.values()) - set(shards)):
                 report.problems.append(f"{SAFETENSORS_INDEX}: names shard {shard}, which is missing")
@@ -95,6 +92,20 @@ def _tensor_infos(folder: Path, report: VerifyReport) -> dict[str, TensorInfo]:
         if name not in infos and (folder / shard).is_file():
             report.problems.append(f"{name}: {SAFETENSORS_INDEX} puts it in {shard}, which lacks it")
     return infos
+
+
+def _weight_map(path: Path, report: VerifyReport) -> dict[str, str] | None:
+    """The index's tensor name -> shard name, or None (and a problem) when it is not one."""
+    try:
+        index = read_json(path, SAFETENSORS_INDEX)
+    except CheckpointError as err:
+        report.problems.append(err.message)
+        return None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        report.problems.append(f"{SAFETENSORS_INDEX}: no weight_map object of tensor name -> shard file name")
+        return None
+    return weight_map
 
 
 def _check_values(info: TensorInfo, report: VerifyReport) -> None:
@@ -127,12 +138,21 @@ def _count(info: TensorInfo) -> int:
 
 def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyReport) -> None:
     try:
-        config = json.loads((folder / CONFIG).read_text("utf-8"))
-    except (OSError, ValueError) as err:
-        report.problems.append(f"{CONFIG}: unreadable ({err})")
+        config = read_json(folder / CONFIG, CONFIG)
+    except CheckpointError as err:
+        report.problems.append(err.message)
+        return
+    if not isinstance(config, dict):
+        report.problems.append(f"{CONFIG}: holds {json_type(config)}, not an object of settings")
         return
     parts = config_parts(config)
-    layout = find_layers(infos)
+    try:
+        layout = find_layers(infos)
+    except LayerGapError as err:
+        report.problems.append(
+            f"layer {err.first_missing}: no tensors (layers are numbered 0-{err.count - 1}; {err.missing} have none)"
+        )
+        return
     for part in parts:
         for key in LAYER_COUNT_KEYS:
             if isinstance(part.get(key), int) and part[key] != layout.count:

@@ -23,8 +23,18 @@ class LayerLayout:
         return f"{self.prefix}.{index}.{rest}"
 
 
+class LayerGapError(ValueError):
+    """Some layer below the highest index has no tensors: the checkpoint is incomplete, or one
+    tensor name carries a wild index (model.layers.99999999.x would make 10**8 empty layers)."""
+
+    def __init__(self, prefix: str, first_missing: int, count: int, missing: int) -> None:
+        super().__init__(f"{prefix}.{first_missing} has no tensors, but the names go up to {prefix}.{count - 1}")
+        self.prefix, self.first_missing, self.count, self.missing = prefix, first_missing, count, missing
+
+
 def find_layers(names: Iterable[str]) -> LayerLayout:
     """The layer prefix is the `<prefix>.<N>.` that most tensors share; the rest are pre or post.
+    Raises LayerGapError when a layer below the highest has no tensors.
 
     >>> find_layers(["model.embed_tokens.weight", "model.layers.0.mlp.w", "model.norm.weight"]).count
     1
@@ -43,6 +53,9 @@ def find_layers(names: Iterable[str]) -> LayerLayout:
         else:
             others.append(name)
     count = max(by_layer) + 1
+    if count > len(by_layer):
+        first_missing = next(i for i in range(count) if i not in by_layer)  # at most len(by_layer) + 1 steps
+        raise LayerGapError(prefix, first_missing, count, count - len(by_layer))
     return LayerLayout(
         prefix=prefix,
         count=count,

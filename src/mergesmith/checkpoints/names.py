@@ -6,7 +6,8 @@ import re
 from typing import Any
 
 # "<prefix>.<N>.<rest>": model.layers.5.mlp.down_proj.weight, transformer.h.5.attn.c_attn.weight
-LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")
+# The index is ASCII digits, at most 9 of them: int() of a hostile 5000-digit index would raise.
+LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>[0-9]{1,9})\.(?P<rest>.+)$")
 
 # Non-layer tensors whose name holds one of these come before the layers (embeddings); the other
 # non-layer tensors (final norm, lm_head) come after them.
@@ -70,3 +71,14 @@ def is_head(name: str) -> bool:
 def is_vocabulary_tensor(name: str) -> bool:
     """Input embeddings and the output projection: one row per token."""
     return is_head(name) or (LAYER_NAME.match(name) is None and any(m in name for m in VOCABULARY_MARKERS))
+
+
+# The modules whose weight has exactly one row per token of config.json's vocab_size (transformers
+# builds them from it); `embed_tokens_per_layer` and the like are sized by other keys.
+TOKEN_ROW_MODULES = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out")
+
+
+def is_token_rows(name: str) -> bool:
+    """model.embed_tokens.weight, lm_head.weight, transformer.wte.weight: not layer tensors."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in TOKEN_ROW_MODULES and not LAYER_NAME.match(name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mergesmith.checkpoints import find_layers
+from mergesmith.checkpoints.layers import LayerGapError
 
 
 def test_llama_names():
@@ -36,3 +39,21 @@ def test_the_prefix_with_most_tensors_wins():
 def test_no_layers():
     layout = find_layers(["embed.weight", "head.weight"])
     assert layout.count == 0 and layout.pre_layer == ("embed.weight",)
+
+
+def test_a_layer_without_tensors_below_the_highest_is_a_gap() -> None:
+    names = ["model.layers.0.w", "model.layers.1.w", "model.layers.3.w"]
+    with pytest.raises(LayerGapError) as err:
+        find_layers(names)
+    assert (err.value.first_missing, err.value.count, err.value.missing) == (2, 4, 1)
+
+
+def test_a_wild_layer_index_is_a_gap_found_without_building_the_layers() -> None:
+    with pytest.raises(LayerGapError) as err:
+        find_layers(["model.layers.0.w", "model.layers.999999999.w"])
+    assert (err.value.first_missing, err.value.count) == (1, 10**9)
+
+
+def test_an_index_of_more_than_nine_digits_is_not_a_layer() -> None:
+    layout = find_layers(["model.layers.0.w", "model.layers." + "1" * 5000 + ".w"])
+    assert layout.count == 1 and len(layout.post_layer) == 1
