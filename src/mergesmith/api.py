@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mergesmith.errors import MergesmithError, RecipeError
 from mergesmith.execute import MergeOptions, MergeReport, run_plan
 from mergesmith.plan import Plan, plan_merge
 from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
+from mergesmith.recipe.load import Reading
+from mergesmith.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +137,22 @@ def plan_readings(
             failures.append(err)
     if not planned:
         raise failures[0]
+    # A reading under which the merge ignores a key (a method-wide parameter under a model) is not
+    # what the author wrote when another reading uses every key.
+    if any(not p.warnings for *_, p in planned) and any(p.warnings for *_, p in planned):
+        failures += [RecipeError(p.warnings[0]) for *_, p in planned if p.warnings]
+        planned = [item for item in planned if not item[2].warnings]
     first_reading, first, first_plan = planned[0]
     for reading, _, other in planned[1:]:
         if _merge_of(other) != _merge_of(first_plan):
             assert reading is not None  # only the main reading has none, and it comes first
+            if first_reading is None and _continues_previous_slice(first.recipe, reading):
+                log.warning(
+                    "%s: line %d: %s read as %s's, as the slice before it has the same parameters; "
+                    "under %s it would give another merge",
+                    loaded.source, reading.line, reading.what, reading.chosen, reading.where,
+                )
+                continue
             raise RecipeError(
                 f"{loaded.source}: line {reading.line}: {reading.what} could belong to {reading.chosen} or to "
                 f"{reading.where}, and the readings give different merges",
@@ -150,6 +165,22 @@ def plan_readings(
             failures[0].message,
         )
     return first, first_plan
+
+
+def _continues_previous_slice(recipe: Recipe, reading: Reading) -> bool:
+    """A flattened block read as a slice source's parameters when the source of the slice before
+    it sets the same parameters, against a reading as the top level's (the seed card's last slice:
+    a per-slice pattern of scales, which a person reads as one more slice of the pattern). A block
+    after a `models:` list has no such pattern to follow and stays ambiguous."""
+    match = re.fullmatch(r"slices\[(\d+)\]\.sources\[(\d+)\]", reading.chosen)
+    if match is None or reading.where != "the top level" or not recipe.slices:
+        return False
+    index, source = int(match[1]), int(match[2])
+    if index == 0 or index >= len(recipe.slices) or source >= len(recipe.slices[index].sources):
+        return False
+    previous = recipe.slices[index - 1].sources
+    own = recipe.slices[index].sources[source].parameters
+    return bool(own) and source < len(previous) and set(previous[source].parameters or ()) == set(own)
 
 
 def _merge_of(planned: Plan) -> tuple[object, ...]:
