@@ -308,8 +308,8 @@ class _TorchThreads:
     computed entry runs, not before), and put the old count back at the end.
 
     torch's thread setting belongs to the thread that makes it (OpenMP and MKL keep it per thread;
-    a new thread starts from the last count set anywhere), so every task sets it in its own worker. Methods whose result depends on the count get torch's
-    default, the count mergekit computes with.
+    a new thread starts from the last count set anywhere), so every task sets it in its own worker.
+    Methods whose result depends on the count get torch's default, the count mergekit computes with.
     """
 
     def __init__(self, count: int) -> None:

@@ -6,11 +6,10 @@ make_compat_expected.py (mergekit itself); nothing here computes them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -33,14 +32,9 @@ SEED = 1234  # random methods: any fixed seed (their bytes are not compared)
 
 
 def merge_options(flags: tuple[str, ...]) -> MergeOptions:
-    """mergesmith's options for mergekit-yaml's flags (allow_crimes is a merge() argument)."""
-    kwargs: dict[str, Any] = {"random_seed": SEED}
-    if "unsafe_truncate_embeddings" in flags:
-        names = {f.name for f in dataclasses.fields(MergeOptions)}
-        if "unsafe_truncate_embeddings" not in names:  # the leniency branch adds the flag
-            raise MergesmithError("--unsafe-truncate-embeddings is not supported yet")
-        kwargs["unsafe_truncate_embeddings"] = True
-    return MergeOptions(**kwargs)
+    """mergesmith's options for mergekit-yaml's flags (allow_crimes and unsafe_truncate_embeddings
+    are merge() arguments)."""
+    return MergeOptions(random_seed=SEED)
 
 
 def run_mergesmith(recipe: dict, flags: tuple[str, ...], inputs: dict[str, Path], out: Path) -> MergesmithError | None:
@@ -48,7 +42,8 @@ def run_mergesmith(recipe: dict, flags: tuple[str, ...], inputs: dict[str, Path]
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     try:
-        merge(path, out, model_paths=inputs, options=merge_options(flags), allow_crimes="allow_crimes" in flags)
+        merge(path, out, model_paths=inputs, options=merge_options(flags), allow_crimes="allow_crimes" in flags,
+              unsafe_truncate_embeddings="unsafe_truncate_embeddings" in flags)
     except MergesmithError as err:
         return err
     return None
@@ -65,14 +60,22 @@ def check_scenario(expected: dict, scenario, inputs: dict[str, Path], tmp: Path,
         return
     assert refusal is None, f"mergekit merged, mergesmith refused: {refusal}"
     tie_check = scenario.tie_check and resolve_tie_check(scenario.tie_check, inputs)
-    check_output(expected, scenario.compare, out, tie_check)
+    check_output(expected, scenario.compare, out, tie_check, truncated="unsafe_truncate_embeddings" in scenario.flags)
 
 
-def check_output(expected: dict, compare: str, out: Path, tie_check: dict | None = None) -> None:
+def check_output(
+    expected: dict, compare: str, out: Path, tie_check: dict | None = None, *, truncated: bool = False
+) -> None:
     config = json.loads((out / "config.json").read_text())
-    assert layer_count(config) == expected["config"]["layers"], "layer count"
-    assert vocab_size(config) == expected["config"]["vocab_size"], "vocab_size"
     actual = tensor_digests(out)
+    assert layer_count(config) == expected["config"]["layers"], "layer count"
+    if truncated:
+        # mergekit keeps the donor's vocab_size after truncating; ours says the rows written
+        # (docs/compatibility.md), which the embedding's shape in mergekit's own output gives.
+        rows = {d[1][0] for name, d in expected["tensors"].items() if "embed_tokens" in name or "wte" in name}
+        assert rows and vocab_size(config) in rows, "vocab_size is not the truncated row count"
+    else:
+        assert vocab_size(config) == expected["config"]["vocab_size"], "vocab_size"
     assert sorted(actual) == sorted(expected["tensors"]), "tensor names differ from mergekit's"
     shapes = {name: d[:2] for name, d in actual.items()}
     assert shapes == {name: d[:2] for name, d in expected["tensors"].items()}, "dtypes or shapes differ"

@@ -17,7 +17,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from compare import check_scenario, with_pending_marks, without_unused_parameters  # noqa: E402
+from compare import check_scenario, run_mergesmith, with_pending_marks, without_unused_parameters  # noqa: E402
 from scenarios import BY_NAME, REFERENCES, SCENARIOS  # noqa: E402
 from suite_models import build_inputs, folder_digest  # noqa: E402
 
@@ -26,10 +26,9 @@ from mergesmith.errors import MergesmithError, UnsupportedError  # noqa: E402
 
 EXPECTED = json.loads((HERE / "expected_suite.json").read_text())
 
-# Differences that other branches of issue #14 remove; the rows still expect mergekit's behaviour.
-IGNORED_PARAMETER = "a parameter the method does not use (weight under slerp/nuslerp...) must warn, not fail"
-TRUNCATE_FLAG = "--unsafe-truncate-embeddings (mergekit 0.1.5) is missing"
-PENDING_OTHER_BRANCH: dict[str, str] = {
+# Scenarios that give some method a parameter it does not use (mergekit ignores it; we warn).
+IGNORED_PARAMETER = "a parameter the method does not use (weight under slerp/nuslerp...)"
+WITH_IGNORED_PARAMETER: dict[str, str] = {
     **{
         name: IGNORED_PARAMETER
         for name in (
@@ -48,12 +47,9 @@ PENDING_OTHER_BRANCH: dict[str, str] = {
             "tokenizer/slerp-union",  # weight: 1.0 under slerp
         )
     },
-    **{
-        name: TRUNCATE_FLAG
-        for name in (s.name for s in SCENARIOS)
-        if name.startswith("truncation/") and "refused" not in name
-    },
 }
+# Every scenario now behaves as mergekit's; a row added here would run as xfail(strict=False).
+PENDING_OTHER_BRANCH: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +66,23 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 )
 def test_scenario_as_mergekit(scenario, inputs: dict[str, Path], tmp_path: Path) -> None:
     expected = EXPECTED["scenarios"][scenario.name]
+    if scenario.name in REFUSED_ON_PURPOSE:
+        refusal = run_mergesmith(scenario.recipe, scenario.flags, inputs, tmp_path / "out")
+        assert refusal is not None and REFUSED_ON_PURPOSE[scenario.name] in str(refusal), refusal
+        assert not (tmp_path / "out").exists()
+        return
     check_scenario(expected, scenario, inputs, tmp_path)
 
 
+# mergekit merges these; we refuse them on purpose (docs/errors.md: a model whose config and
+# embeddings disagree cannot be loaded by transformers, issue #14).
+REFUSED_ON_PURPOSE = {
+    "truncation/head-independent": "config.json says vocab_size 64, but lm_head.weight has 63 rows",
+}
+
+
 @pytest.mark.mergekit
-@pytest.mark.parametrize("name", sorted(n for n, cause in PENDING_OTHER_BRANCH.items() if cause == IGNORED_PARAMETER))
+@pytest.mark.parametrize("name", sorted(WITH_IGNORED_PARAMETER))
 def test_pending_scenario_merges_as_mergekit_without_its_unused_parameters(name: str, inputs, tmp_path: Path) -> None:
     """Until unused parameters warn: the same recipe without them gives mergekit's output (mergekit
     ignores them), so the only difference left in these scenarios is the refusal."""

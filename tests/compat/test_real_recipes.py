@@ -30,10 +30,7 @@ UNKNOWN_TOP_LEVEL_KEY = (
     " per model (mergekit ignores it there; an error today, docs/compatibility.md): without both it merges"
 )
 NAME_KEY = "an unknown top-level key mergekit tolerates (name, as mergekit-multi writes it) must warn, not fail"
-PENDING_OTHER_BRANCH: dict[str, str] = {
-    "athena-apollo-model-stock-name-key": NAME_KEY,
-    "biomistral-della-linear-name-key": UNKNOWN_TOP_LEVEL_KEY,
-}
+PENDING_OTHER_BRANCH: dict[str, str] = {}  # every published recipe now behaves as mergekit's
 
 
 def scenario_of(path: Path) -> Scenario:
