@@ -13,8 +13,13 @@ from factory import ARCHITECTURES, LAYER_KEY
 from mergesmith.api import merge
 
 
+# Text decoders; llava (a vision-language model: its layers live under text_config and
+# model.language_model) is merged by tests/compat, and its stacks are issue #16's.
+TEXT_DECODERS = sorted(arch for arch in ARCHITECTURES if arch != "llava")
+
+
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", TEXT_DECODERS)
 def test_merged_model_loads_and_runs(tmp_path, make_model, arch, tied):
     src = make_model(arch, arch, layers=4, tied=tied)
     # Output layers come from source layers 0, 1, 1, 3: one repeated, one dropped.
