@@ -210,9 +210,11 @@ CASES = [
         ("{out}: the output folder lies inside {rmodels}/b, which the merge reads (model 'b')",),
     ),
     Case(
+        # A weight file linked from outside its model folder is refused before OUT is looked at
+        # (tests/e2e/test_hostile_checkpoints.py), so OUT can never be where it lies.
         "out-is-where-linked-weights-lie",
         linked_shard,
-        ("{out}: the output folder is {rtmp}/store, which the merge reads (model 'a')",),
+        ("model 'a': model.safetensors resolves to {rtmp}/store/a.safetensors, outside the model folder",),
     ),
     # --- things at the names mergesmith uses beside OUT: never followed, never removed
     Case(
