@@ -3,7 +3,6 @@ names the key path / model / tensor / layer at fault, no traceback, and OUT is l
 
 from __future__ import annotations
 
-import json
 import shutil
 import struct
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from damage import edit_json, first_tensor, rewrite_header
 from factory import build_model
 from mergesmith.cli import main
 from mergesmith.write import ShardWriter
@@ -39,26 +39,6 @@ def damage_copy(models: dict[str, Path], tmp: Path, name: str, target: str, chan
     shutil.copytree(models[name], folder)
     change(folder)
     return folder
-
-
-def edit_json(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def rewrite_header(path: Path, change: Callable[[dict], None], *, raw: bytes | None = None) -> None:
-    """Edit a safetensors header in place (offsets are relative to the data, which does not move)."""
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    change(header)
-    body = raw if raw is not None else json.dumps(header, separators=(",", ":")).encode()
-    path.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
-
-
-def first_tensor(header: dict) -> str:
-    return next(k for k in header if k != "__metadata__")
 
 
 CASES: list[Case] = [

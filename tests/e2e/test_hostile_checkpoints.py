@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from damage import edit_json, first_tensor, rewrite_header
 from factory import build_model, fill_cache, write_tokenizer
 from mergesmith.cli import main
 
@@ -36,27 +37,6 @@ class Case:
     expected: tuple[str, ...]  # substrings of stderr, in order
     model: str = "plain"  # the fixture copied: plain (one file), sharded (index), tokenized
     recipe: str = SLICE
-
-
-# The three helpers below are test_bad_inputs.py's (that module cannot be imported under importlib mode).
-def edit_json(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def rewrite_header(path: Path, change: Callable[[dict], None], *, raw: bytes | None = None) -> None:
-    """Edit a safetensors header in place (offsets are relative to the data, which does not move)."""
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    change(header)
-    body = raw if raw is not None else json.dumps(header, separators=(",", ":")).encode()
-    path.write_bytes(struct.pack("<Q", len(body)) + body + data[8 + length :])
-
-
-def first_tensor(header: dict) -> str:
-    return next(k for k in header if k != "__metadata__")
 
 
 def write_raw(name: str, data: bytes) -> Callable[[Path], None]:
