@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM
 from factory import ARCHITECTURES, LAYER_KEY
 from mergesmith.api import merge
 
-
 # Text decoders; llava (a vision-language model: its layers live under text_config and
 # model.language_model) is merged by tests/compat, and its stacks are issue #16's.
 TEXT_DECODERS = sorted(arch for arch in ARCHITECTURES if arch != "llava")
