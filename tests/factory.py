@@ -119,7 +119,7 @@ def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed:
     from mergesmith.dtypes import torch_dtype
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {t.output: random_values(t.output, t.shape, seed=seed).to(torch_dtype(t.dtype)) for t in tensors}
+    state = {t.output: random_values(t.output, t.shape, seed=seed).to(torch_dtype(t.written_dtype)) for t in tensors}
     torch.save(state, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 

@@ -6,13 +6,24 @@ import dataclasses
 import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergesmith.checkpoints import Checkpoint, open_checkpoints
-from mergesmith.errors import MergesmithError, RecipeError
-from mergesmith.execute import MergeOptions, MergeReport, run_plan
-from mergesmith.plan import Plan, plan_merge
+from mergesmith.errors import MergesmithError, OutputError, RecipeError
+from mergesmith.execute import MergeOptions
+from mergesmith.execute.run import Resume, input_paths, merge_id, resolve_device, run_plan, uses_device
+from mergesmith.execute.tasks import ShardResult
+from mergesmith.methods import get_method
+from mergesmith.output.card import model_card
+from mergesmith.output.files import write_output_files
+from mergesmith.output.folder import STAGING_MARKER, check_output_folder, prepare_output, staging_folder
+from mergesmith.output.journal import Journal
+from mergesmith.output.shards import ShardLayout, file_digest, layout_shards
+from mergesmith.plan import Plan, plan_merge, routed_to_cpu
 from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
 from mergesmith.recipe.load import Reading
 from mergesmith.recipe.schema import Recipe
@@ -22,6 +33,19 @@ log = logging.getLogger(__name__)
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
 
 
+@dataclass(frozen=True)
+class MergeReport:
+    out: Path
+    tensors: int
+    shards: tuple[str, ...]
+    bytes_written: int
+    elapsed_s: float
+    files: tuple[str, ...] = field(default_factory=tuple)
+    random_seed: int | None = None  # the seed random methods drew from
+    warnings: tuple[str, ...] = ()  # the plan's: recipe keys the merge ignored
+    shard_results: tuple[ShardResult, ...] = ()  # per shard written: where, when, how much
+
+
 def plan(
     recipe: RecipeSource,
     *,
@@ -29,6 +53,7 @@ def plan(
     allow_crimes: bool = False,
     strict: bool = False,
     unsafe_truncate_embeddings: bool = False,
+    device: str = "cpu",
 ) -> Plan:
     """Load and check a recipe and its models' headers; return the Plan. Reads no tensor data.
     Keys the merge ignores (another method's parameter, ...) are warnings in `Plan.warnings`;
@@ -46,6 +71,7 @@ def plan(
         allow_crimes=allow_crimes,
         strict=strict,
         unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+        device=device,
     )[1]
 
 
@@ -67,23 +93,149 @@ def merge(
     loaded = _loaded(recipe)
     out = Path(out)
     options = options or MergeOptions()
-    from mergesmith.execute import input_paths
-    from mergesmith.output import check_output_folder, prepare_output
-
     check_output_folder(out, overwrite=True)  # where OUT would go, before any model is opened
     checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
     inputs = input_paths(checkpoints)
     if os.path.isfile(loaded.source):
         inputs.append(("the recipe", Path(loaded.source)))
     prepare_output(out, overwrite=options.overwrite, inputs=inputs)  # before the plan reads headers
+    # "auto" plans as for a GPU, and looks for one (importing torch) only if an entry would use it
+    planned_device = "cuda" if options.device == "auto" else resolve_device(options.device)
     planned = plan_readings(
         loaded,
         checkpoints,
         allow_crimes=allow_crimes,
         strict=strict,
         unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+        device=planned_device,
     )[1]
-    return run_plan(planned, checkpoints, out, options)
+    if options.device == "auto":
+        found = resolve_device("auto") if uses_device(planned) else "cpu"
+        planned = planned if found != "cpu" else routed_to_cpu(planned)
+        planned_device = found
+    return merge_plan(planned, checkpoints, out, dataclasses.replace(options, device=planned_device))
+
+
+def merge_plan(
+    plan: Plan, checkpoints: Mapping[str, Checkpoint], out: str | os.PathLike[str], options: MergeOptions | None = None
+) -> MergeReport:
+    """Execute a plan into the folder `out`, atomically: the shards by the executor the options
+    name, then (once every shard is complete and verified) the index, config, tokenizer files,
+    card and recipe; then the folder is renamed into place.
+
+    Example:
+        >>> merge_plan(plan(recipe), open_checkpoints(models), "merged")
+    """
+    options = options or MergeOptions()
+    out = Path(out)
+    started = time.perf_counter()
+    is_random = get_method(plan.method)[0].is_random
+    layout = layout_shards(plan.entries, options.out_shard_bytes)
+    copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
+    needed = sum(layout.sizes) + sum(path.stat().st_size for path in copied.values() if path is not None)
+    with staging_folder(
+        out, overwrite=options.overwrite, needed_bytes=needed, resume=options.resume, inputs=input_paths(checkpoints)
+    ) as folder:
+        journal = Journal(folder, merge_id(plan, layout, checkpoints), options.random_seed, resume=options.resume)
+        ok = False
+        try:
+            if is_random and options.random_seed is None and not journal.resumed:
+                log.warning(
+                    "%s draws random numbers; no --random-seed given, so using %d (saved in the card)",
+                    plan.method,
+                    journal.seed,
+                )
+            resume = _resume(journal, folder, layout, len(plan.entries), options.resume)
+            remaining = sum(e.nbytes for e in plan.entries if e.output not in resume.tensors)
+            with _progress(remaining, options.progress) as bar:
+                results = run_plan(
+                    plan,
+                    checkpoints,
+                    folder,
+                    layout,
+                    options,
+                    seed=journal.seed,
+                    events=_Events(bar, journal),
+                    resume=resume,
+                )
+            _check_digests(folder, results)
+            ok = True
+        finally:
+            journal.close(keep=not ok)
+        card = model_card(plan, random_seed=journal.seed if is_random else None)
+        write_output_files(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
+        files = tuple(sorted(p.name for p in folder.iterdir() if p.name != STAGING_MARKER))
+    elapsed = time.perf_counter() - started
+    total = sum(e.nbytes for e in plan.entries)
+    log.info("wrote %d tensors, %.2f GB in %.1f s", len(plan.entries), total / 1e9, elapsed)
+    seed = journal.seed if is_random else None
+    return MergeReport(
+        out, len(plan.entries), layout.filenames, total, elapsed, files, seed, plan.warnings, tuple(results)
+    )
+
+
+def _resume(journal: Journal, folder: Path, layout: ShardLayout, count: int, requested: bool) -> Resume:
+    if not requested:
+        return Resume()
+    tensors, shards = set(), {}
+    if journal.resumed:
+        tensors, shards = journal.verified_tensors(folder, layout), journal.verified_shards(folder, layout)
+    log.info(
+        "resuming: %d of %d tensors and %d of %d shards already written and verified",
+        len(tensors),
+        count,
+        len(shards),
+        len(layout.filenames),
+    )
+    return Resume(tensors=tensors, shards=set(shards), keep=journal.resumed)
+
+
+def _check_digests(folder: Path, results: list[ShardResult]) -> None:
+    """Every shard a task reported with a digest holds those bytes as this process reads them (a
+    shared file system that lost or reordered a remote write shows it here, before OUT exists)."""
+    for result in results:
+        if result.digest is not None and file_digest(folder / result.filename) != result.digest:
+            raise OutputError(
+                f"{folder / result.filename}: the shard's bytes differ from those its task wrote "
+                f"(on node {result.node})",
+                hint="the storage shared by the nodes lost a write; run again (--resume keeps the verified shards)",
+            )
+
+
+class _Events:
+    """The driver's side of a run: the progress bar and the resume journal."""
+
+    def __init__(self, bar, journal: Journal) -> None:
+        self.bar, self.journal = bar, journal
+
+    def progress(self, nbytes: int) -> None:
+        self.bar.update(nbytes)
+
+    def tensor_written(self, name: str, crc: int) -> None:
+        self.journal.record(name, crc)
+
+    def shard_written(self, result: ShardResult) -> None:
+        if result.digest is not None:
+            self.journal.record_shard(result.filename, result.digest)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(total: int, enabled: bool):
+    if not (enabled and sys.stderr.isatty()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="merging", file=sys.stderr)
 
 
 def recipe_from_hub_card(model_id: str) -> LoadedRecipe:
@@ -113,6 +265,7 @@ def plan_readings(
     allow_crimes: bool = False,
     strict: bool = False,
     unsafe_truncate_embeddings: bool = False,
+    device: str = "cpu",
 ) -> tuple[LoadedRecipe, Plan]:
     """Plan a recipe, and every other reading of a rebuilt one (see LoadedRecipe.readings).
 
@@ -126,13 +279,20 @@ def plan_readings(
     planned, failures = [], []
     for reading, candidate in candidates:
         try:
-            planned.append((reading, candidate, plan_merge(
-                candidate,
-                checkpoints,
-                allow_crimes=allow_crimes,
-                strict=strict,
-                unsafe_truncate_embeddings=unsafe_truncate_embeddings,
-            )))
+            planned.append(
+                (
+                    reading,
+                    candidate,
+                    plan_merge(
+                        candidate,
+                        checkpoints,
+                        allow_crimes=allow_crimes,
+                        strict=strict,
+                        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+                        device=device,
+                    ),
+                )
+            )
         except MergesmithError as err:
             failures.append(err)
     if not planned:
@@ -150,7 +310,11 @@ def plan_readings(
                 log.warning(
                     "%s: line %d: %s read as %s's, as the slice before it has the same parameters; "
                     "under %s it would give another merge",
-                    loaded.source, reading.line, reading.what, reading.chosen, reading.where,
+                    loaded.source,
+                    reading.line,
+                    reading.what,
+                    reading.chosen,
+                    reading.where,
                 )
                 continue
             raise RecipeError(
@@ -161,7 +325,11 @@ def plan_readings(
     if first_reading is not None:
         log.warning(
             "%s: line %d: %s read as %s's: the reading that puts it under %s does not plan (%s)",
-            loaded.source, first_reading.line, first_reading.what, first_reading.where, first_reading.chosen,
+            loaded.source,
+            first_reading.line,
+            first_reading.what,
+            first_reading.where,
+            first_reading.chosen,
             failures[0].message,
         )
     return first, first_plan

@@ -10,6 +10,7 @@ import re
 import sys
 import tempfile
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import click
 
 from mergesmith import __version__
 from mergesmith.errors import MergesmithError
+from mergesmith.execute.backend import BACKENDS
+from mergesmith.methods.spec import Unset
 
 log = logging.getLogger("mergesmith")
 
@@ -105,6 +108,13 @@ strict_option = click.option(
     "--strict", is_flag=True, help="Refuse recipe keys that the merge ignores (another method's parameters, ...)."
 )
 
+device_option = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where heavy methods (TIES/DARE family, slerp family, model_stock, ...) compute: cpu, cuda, cuda:N, auto.",
+)
+
 from_card_option = click.option(
     "--from-card", metavar="ID", help="Take the recipe from the model card of hub model ID (through the hub cache)."
 )
@@ -133,11 +143,18 @@ from_card_option = click.option(
     "--max-memory", "4G", "Estimated bytes of tensors in flight across workers (one entry always runs, however large)."
 )
 @click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion); chosen if absent.")
+@device_option
 @click.option(
-    "--device",
-    default="cpu",
+    "--executor",
+    type=click.Choice(sorted(BACKENDS)),
+    default="local",
     show_default=True,
-    help="Where heavy methods (TIES/DARE family, slerp family, model_stock, ...) compute: cpu, cuda, cuda:N, auto.",
+    help="What runs the shard tasks: local threads, or a Ray cluster (pip install 'mergesmith[ray]').",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="The Ray cluster to join (with --executor ray); without it a local Ray instance is started.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
@@ -156,6 +173,8 @@ def merge(
     max_memory: int,
     random_seed: int | None,
     device: str,
+    executor: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Merge the models of RECIPE into the folder OUT.
@@ -173,7 +192,11 @@ def merge(
         max_memory_bytes=max_memory,
         resume=resume,
         progress=not (ctx.obj["quiet"] or as_json),
+        executor=executor,
+        executor_address=ray_address,
     )
+    if ray_address and executor != "ray":
+        raise click.UsageError("--ray-address needs --executor ray")
     if workers:
         options = dataclasses.replace(options, workers=workers)
     if len(paths) != (1 if from_card else 2):
@@ -201,6 +224,7 @@ def merge(
 @model_path_option
 @strict_option
 @truncate_option
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON document.")
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the plan into this PNG."
@@ -213,6 +237,7 @@ def plan(
     model_paths: dict,
     strict: bool,
     unsafe_truncate_embeddings: bool,
+    device: str,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
@@ -222,8 +247,14 @@ def plan(
     if (recipe is None) == (from_card is None):
         raise click.UsageError("give RECIPE or --from-card ID")
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
+    from mergesmith.execute.run import resolve_device
+
     result = make_plan(
-        loaded, model_paths=model_paths, strict=strict, unsafe_truncate_embeddings=unsafe_truncate_embeddings
+        loaded,
+        model_paths=model_paths,
+        strict=strict,
+        unsafe_truncate_embeddings=unsafe_truncate_embeddings,
+        device=resolve_device(device),
     )
     if plot_path:
         from mergesmith.plots import plot_plan
@@ -240,7 +271,7 @@ def plan(
             "dropped_ids": list(vocabulary.dropped),
         }
     if as_json:
-        click.echo(json.dumps({**asdict(result), "vocabulary": summary}, indent=2))
+        click.echo(json.dumps({**asdict(result), "vocabulary": summary}, indent=2, default=_plan_json))
         return
     if summary is not None:
         names: list[str] = summary["added"]
@@ -250,9 +281,17 @@ def plan(
             f"{summary['tokenizer_from']}" + (f"; added: {added}" if added else "")
         )
     for entry in result.entries:
-        params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params if v not in (None, (None,)))
+        params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params.items() if not isinstance(v, Unset))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
-        click.echo(f"{entry.output} {entry.dtype} {list(entry.shape)} <- {entry.method}({params}) {sources}")
+        shape = list(entry.shape)
+        click.echo(f"{entry.output} {entry.written_dtype} {shape} {entry.route} <- {entry.method}({params}) {sources}")
+
+
+def _plan_json(value: object) -> object:
+    """Plan values json cannot write itself: parameters as an object, unset ones as null."""
+    if isinstance(value, Mapping):  # plan.Params
+        return {key: None if isinstance(v, Unset) else v for key, v in value.items()}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 VERIFY_EXAMPLES = """

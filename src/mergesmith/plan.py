@@ -7,9 +7,11 @@ shapes. A Plan is plain frozen data: print it, diff it, test it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from mergesmith import metadata
@@ -20,7 +22,7 @@ from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
-from mergesmith.methods.spec import MethodSpec
+from mergesmith.methods.spec import UNSET, MethodSpec
 from mergesmith.recipe import LoadedRecipe
 from mergesmith.recipe.ignored import Ignored, check_parameter_names, check_slice_keys
 from mergesmith.recipe.resolve import Level, resolve_parameter
@@ -36,22 +38,71 @@ class Source:
     tensor: str  # tensor name inside that checkpoint
 
 
+class Route(StrEnum):
+    """How the executor produces an entry's bytes, decided once, here, from the method's spec."""
+
+    COPY = "copy"  # the input's bytes unchanged (integer buffers: every input must hold the same)
+    SCALE = "scale"  # the input's bytes through the method's raw-byte kernel (numpy, no torch)
+    STREAM = "stream"  # an elementwise method on pieces of the inputs, in torch
+    WHOLE = "whole"  # whole tensors through the method, on the CPU
+    VOCABULARY = "vocabulary"  # whole tensors, each input's rows first aligned to the merged vocabulary
+    DEVICE = "device"  # whole tensors through the method on the GPU (--device cuda)
+
+
+class Params(Mapping[str, Any]):
+    """An entry's resolved parameters, in the spec's order: read-only, hashable and picklable.
+    Per-model parameters hold a tuple aligned with the entry's inputs; a parameter without value
+    or default holds UNSET."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, Any]] = ()) -> None:
+        self._items: tuple[tuple[str, Any], ...] = tuple(items)
+
+    def __getitem__(self, name: str) -> Any:
+        for key, value in self._items:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Params) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return "Params(" + ", ".join(f"{key}={value!r}" for key, value in self._items) + ")"
+
+    def __getstate__(self) -> tuple[tuple[str, Any], ...]:
+        return self._items
+
+    def __setstate__(self, items: tuple[tuple[str, Any], ...]) -> None:
+        self._items = items
+
+
 @dataclass(frozen=True)
 class PlanEntry:
     output: str  # tensor name in the merged model
     method: str  # registry key
     sources: tuple[Source, ...]  # the base first when the method uses one (see has_base)
     has_base: bool
-    params: tuple[tuple[str, Any], ...]  # resolved; per-model ones hold a tuple aligned with their inputs
+    params: Params
     shape: tuple[int, ...]
-    dtype: str  # written dtype, safetensors code ("BF16")
+    written_dtype: str  # safetensors code ("BF16") of the output tensor
     compute_dtype: str | None  # inputs are cast to this before the method; None: not floating
     stored_dtype: str  # the first source's dtype in its checkpoint
-    vocabulary: bool = False  # rows are tokens: each input's rows are aligned to the output vocabulary
+    route: Route
 
     @property
     def nbytes(self) -> int:
-        return tensor_nbytes(self.shape, self.dtype)
+        return tensor_nbytes(self.shape, self.written_dtype)
 
 
 @dataclass(frozen=True)
@@ -71,6 +122,12 @@ class Plan:
     warnings: tuple[str, ...] = ()  # recipe keys that mergekit ignores and so does this merge
 
 
+def routed_to_cpu(plan: Plan) -> Plan:
+    """The plan with entries routed to a GPU computed whole on the CPU instead."""
+    entries = tuple(dataclasses.replace(e, route=Route.WHOLE) if e.route is Route.DEVICE else e for e in plan.entries)
+    return dataclasses.replace(plan, entries=entries)
+
+
 @dataclass(frozen=True)
 class _SliceSpec:
     """An output slice after `models:` / `modules:` are normalised to slices."""
@@ -88,12 +145,14 @@ def plan_merge(
     allow_crimes: bool = False,
     strict: bool = False,
     unsafe_truncate_embeddings: bool = False,
+    device: str = "cpu",
 ) -> Plan:
     """Plan a merge from a loaded recipe and its opened checkpoints (reference -> Checkpoint).
     `allow_crimes` (mergekit's name) lets models of different architectures be merged. Keys that
     mergekit ignores are logged as warnings and listed in `Plan.warnings`; `strict` refuses them.
     `unsafe_truncate_embeddings` (mergekit's flag) cuts vocabularies of different sizes, when no
-    tokenizer setting matches rows by token, to the first rows they all have."""
+    tokenizer setting matches rows by token, to the first rows they all have. `device` ("cpu",
+    "cuda", "cuda:N") decides whether whole-tensor methods are routed to a GPU."""
     recipe = loaded.recipe
     spec, _ = get_method(recipe.merge_method)
     ignored = Ignored(strict)
@@ -111,6 +170,7 @@ def plan_merge(
     tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
     builder.truncate_vocabulary = unsafe_truncate_embeddings
+    builder.device = device
     first, last = slices[0], slices[-1]
     first_model = checkpoints[first.sources[0][1].model]
     out_prefix = first_model.layout.prefix
@@ -198,6 +258,7 @@ class _EntryBuilder:
         self.entries: list[PlanEntry] = []
         self.truncate_vocabulary = False  # --unsafe-truncate-embeddings
         self.truncated_rows: int | None = None  # the rows kept, once a vocabulary tensor was cut
+        self.device = "cpu"
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
         has_base = self.spec.inputs.uses_base and any(src.model == out_slice.base for src, _ in inputs)
@@ -233,20 +294,28 @@ class _EntryBuilder:
         params = self._params(output, out_slice, inputs, t, has_base)
         if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
             raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")
+        route = self._route(params, len(inputs), compute, stored[0], written, aligned)
+        sources = tuple(Source(src.model, name) for src, name in inputs)
         self.entries.append(
-            PlanEntry(
-                output,
-                self.spec.name,
-                tuple(Source(src.model, name) for src, name in inputs),
-                has_base,
-                params,
-                shape,
-                written,
-                compute,
-                stored[0],
-                vocabulary=aligned,
-            )
+            PlanEntry(output, self.spec.name, sources, has_base, params, shape, written, compute, stored[0], route)
         )
+
+    def _route(
+        self, params: Params, count: int, compute: str | None, stored: str, written: str, aligned: bool
+    ) -> Route:
+        if compute is None:
+            return Route.COPY
+        raw = self.spec.raw_kernel
+        if raw is not None and count == 1 and not aligned and written == stored:
+            if raw.is_identity(params):  # any cast in between is exact: out to the stored dtype again
+                return Route.COPY
+            if written == compute and written in raw.dtypes:
+                return Route.SCALE
+        if aligned:
+            return Route.VOCABULARY  # whole tensors on the CPU: rows are gathered by token
+        if self.spec.elementwise:
+            return Route.STREAM  # bound by reading and writing: a GPU would not speed it up
+        return Route.WHOLE if self.device == "cpu" else Route.DEVICE
 
     def _truncated_shape(self, output: str, infos: list[TensorInfo], found: str) -> tuple[int, ...]:
         """mergekit 0.1.5's --unsafe-truncate-embeddings: every input keeps its first rows (a
@@ -295,11 +364,12 @@ class _EntryBuilder:
 
     def _params(
         self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], t: float, has_base: bool
-    ) -> tuple[tuple[str, Any], ...]:
+    ) -> Params:
         resolved: list[tuple[str, Any]] = []
         for param in self.spec.params:
             if not param.per_input:
-                resolved.append((param.name, resolve_parameter(param, out_slice.levels, tensor_name=output, t=t)))
+                value = resolve_parameter(param, out_slice.levels, tensor_name=output, t=t)
+                resolved.append((param.name, UNSET if value is None else value))
                 continue
             values = []
             for index, (src, name) in enumerate(inputs):
@@ -311,8 +381,9 @@ class _EntryBuilder:
                     if s.model == src.model
                 ]
                 values.append(resolve_parameter(param, [*own, *out_slice.levels], tensor_name=name, t=t))
-            resolved.append((param.name, tuple(values)))
-        return tuple(resolved)
+            # no model sets it and it has no default (passthrough's scale): unset, not (None,)
+            resolved.append((param.name, UNSET if values and all(v is None for v in values) else tuple(values)))
+        return Params(resolved)
 
 
 def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_SliceSpec]:

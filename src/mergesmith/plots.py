@@ -11,7 +11,9 @@ from typing import Any
 
 from mergesmith.errors import MergesmithError, OutputError
 from mergesmith.evaluate import Evaluation
-from mergesmith.output import DISK_FULL, FREE_SPACE_HINT
+from mergesmith.methods import get_method
+from mergesmith.methods.spec import Unset
+from mergesmith.output.folder import DISK_FULL, FREE_SPACE_HINT
 from mergesmith.plan import Plan
 
 
@@ -71,11 +73,8 @@ def plot_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
     layer_of = re.compile(r"\.(\d+)\.(.+)$")
     sources: dict[str, list[tuple[int, int]]] = {}
     values: dict[str, dict[int, float]] = {}
-    param_name = (
-        next((name for name, value in plan.entries[0].params if isinstance(value, tuple)), None)
-        if plan.entries
-        else None
-    )
+    # the method's first per-model parameter (scale, weight, ...)
+    param_name = next((p.name for p in get_method(plan.method)[0].params if p.per_input), None)
     for entry in plan.entries:
         match = layer_of.search(entry.output)
         if not match:
@@ -86,8 +85,8 @@ def plot_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
             if src:
                 sources.setdefault(source.model, []).append((out_layer, int(src[1])))
         if param_name:
-            value = dict(entry.params)[param_name][0]
-            values.setdefault(rest, {})[out_layer] = 1.0 if value is None else float(value)
+            value = entry.params[param_name]
+            values.setdefault(rest, {})[out_layer] = 1.0 if isinstance(value, Unset) else float(value[0])
     fig, (mapping, heat) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.6]})
     for model, pairs in sources.items():
         xs, ys = zip(*sorted(set(pairs)))

@@ -14,18 +14,18 @@ from typing import Any
 
 from mergesmith.checkpoints.names import CONFIG, SAFETENSORS_INDEX
 from mergesmith.dtypes import tensor_bytes, tensor_nbytes, torch_dtype
-from mergesmith.write import ShardWriter, layout_shards
+from mergesmith.output.shards import ShardWriter, layout_shards
 
 
 @dataclass(frozen=True)
 class SyntheticTensor:
     output: str
     shape: tuple[int, ...]
-    dtype: str = "BF16"
+    written_dtype: str = "BF16"
 
     @property
     def nbytes(self) -> int:
-        return tensor_nbytes(self.shape, self.dtype)
+        return tensor_nbytes(self.shape, self.written_dtype)
 
 
 def mistral_config(
@@ -96,11 +96,11 @@ def write_synthetic_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     layout = layout_shards(tensors, max_shard_bytes)
-    writer = ShardWriter(folder, layout)
+    writer = ShardWriter([(folder / shard.filename, shard) for shard in layout.shards()])
     try:
         for tensor in tensors:
-            values = random_values(tensor.output, tensor.shape, seed=seed, device=device).to(torch_dtype(tensor.dtype))
-            values = values.cpu()
+            values = random_values(tensor.output, tensor.shape, seed=seed, device=device)
+            values = values.to(torch_dtype(tensor.written_dtype)).cpu()
             writer.write(tensor.output, 0, tensor_bytes(values))
     finally:
         writer.close(sync=False)

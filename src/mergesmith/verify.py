@@ -181,6 +181,6 @@ def _check_against_plan(plan: Plan, infos: dict[str, TensorInfo], report: Verify
         report.problems.append(f"{name}: in the folder, not in the recipe's plan")
     for name in sorted(set(planned) & set(infos)):
         entry, info = planned[name], infos[name]
-        if (entry.dtype, tuple(entry.shape)) != (info.dtype, info.shape):
-            planned_as, found = f"{entry.dtype} {list(entry.shape)}", f"{info.dtype} {list(info.shape)}"
+        if (entry.written_dtype, tuple(entry.shape)) != (info.dtype, info.shape):
+            planned_as, found = f"{entry.written_dtype} {list(entry.shape)}", f"{info.dtype} {list(info.shape)}"
             report.problems.append(f"{name}: the plan says {planned_as}, the folder has {found}")

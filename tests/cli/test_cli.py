@@ -39,11 +39,11 @@ def test_plan_prints_one_line_per_tensor(capsys, recipe, make_model):
     lines = out.splitlines()
     assert code == 0 and len(lines) == 3 + 2 * 9
     assert (
-        "model.layers.1.self_attn.o_proj.weight F32 [32, 32] <- passthrough(scale=2.5) org/m:model.layers.1.self_attn.o_proj.weight"
+        "model.layers.1.self_attn.o_proj.weight F32 [32, 32] stream <- passthrough(scale=2.5) org/m:model.layers.1.self_attn.o_proj.weight"
         in lines
     )
     assert (
-        "model.layers.0.mlp.up_proj.weight F32 [64, 32] <- passthrough() org/m:model.layers.0.mlp.up_proj.weight"
+        "model.layers.0.mlp.up_proj.weight F32 [64, 32] stream <- passthrough() org/m:model.layers.0.mlp.up_proj.weight"
         in lines
     )
 
@@ -59,13 +59,15 @@ def test_plan_json(capsys, recipe, make_model):
         "method": "passthrough",
         "sources": [{"model": "org/m", "tensor": "model.layers.0.self_attn.o_proj.weight"}],
         "has_base": False,
-        "params": [["scale", [1.5]]],
+        "params": {"scale": [1.5]},
         "shape": [32, 32],
-        "dtype": "F32",
+        "written_dtype": "F32",
         "compute_dtype": "F32",
         "stored_dtype": "BF16",
-        "vocabulary": False,
+        "route": "stream",
     }
+    unscaled = next(e for e in plan["entries"] if e["output"] == "model.layers.0.mlp.up_proj.weight")
+    assert unscaled["params"] == {"scale": None}
     assert plan["config"]["num_hidden_layers"] == 2
 
 

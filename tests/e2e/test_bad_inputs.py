@@ -14,7 +14,7 @@ import pytest
 from damage import edit_json, first_tensor, rewrite_header
 from factory import build_model
 from mergesmith.cli import main
-from mergesmith.write import ShardWriter
+from mergesmith.output.shards import ShardWriter
 
 TIES = (
     "models: [{model: a, parameters: {weight: 1, density: 0.5}}, {model: b, parameters: {weight: 1, density: 0.5}}]\n"

@@ -90,6 +90,6 @@ def test_from_card_reads_the_card_through_the_hub_cache(tmp_path, make_model):
     assert result.returncode == 0, result.stderr
     assert "org/merged (model card): the recipe had lost its indentation" in result.stderr
     assert (
-        "model.layers.0.mlp.up_proj.weight BF16 [64, 32] <- passthrough() org/m:model.layers.0.mlp.up_proj.weight"
+        "model.layers.0.mlp.up_proj.weight BF16 [64, 32] copy <- passthrough() org/m:model.layers.0.mlp.up_proj.weight"
         in result.stdout
     )

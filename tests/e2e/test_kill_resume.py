@@ -15,9 +15,9 @@ import pytest
 
 from mergesmith.api import merge
 from mergesmith.execute import MergeOptions
-from mergesmith.output import partial_folder
+from mergesmith.output.folder import partial_folder
+from mergesmith.output.journal import Journal
 from mergesmith.synthetic import llama_style_tensors, mistral_config, write_synthetic_model
-from mergesmith.write import Journal
 
 RECIPE = """models:
   - {model: ft1, parameters: {weight: 0.6, density: 0.5}}

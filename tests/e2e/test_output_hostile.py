@@ -24,8 +24,8 @@ from factory import build_model, fill_cache
 from mergesmith.api import merge
 from mergesmith.cli import main
 from mergesmith.execute import MergeOptions
-from mergesmith.output import MARKER_TEXT, STAGING_MARKER, partial_folder
-from mergesmith.write import Journal
+from mergesmith.output.folder import MARKER_TEXT, STAGING_MARKER, partial_folder
+from mergesmith.output.journal import Journal
 
 LINEAR = (
     "models:\n  - {model: a, parameters: {weight: 0.25}}\n  - {model: b, parameters: {weight: 0.75}}\n"
@@ -397,7 +397,7 @@ os.rename = rename_then_die
     "gate": """
 import sys, time
 from pathlib import Path
-from mergesmith import write
+from mergesmith.output import shards as write
 gate = Path(sys.argv[1])
 original = write.ShardWriter.write
 def wait_at_the_gate(self, *args, **kwargs):
@@ -411,7 +411,7 @@ write.ShardWriter.write = wait_at_the_gate
     # SIGKILL once the journal has recorded this many tensors
     "kill-after-records": """
 import os, signal, sys
-from mergesmith import write
+from mergesmith.output import journal as write
 count = int(sys.argv[1])
 original = write.Journal.record
 def record_then_die(self, name, crc):

@@ -11,7 +11,7 @@ from mergesmith.checkpoints import Checkpoint
 from mergesmith.cli import main
 from mergesmith.errors import CheckpointError, OutputError
 from mergesmith.execute import MergeOptions
-from mergesmith.write import ShardWriter
+from mergesmith.output.shards import ShardWriter
 
 RECIPE = "slices:\n- sources: [{model: m, layer_range: [0, 2], parameters: {scale: 2.0}}]\nmerge_method: passthrough\n"
 

@@ -71,8 +71,7 @@ def test_layers_are_renumbered_and_a_layer_can_repeat(tmp_path, make_model):
 def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, monkeypatch, shard_bytes):
     """Depth up-scaling reads each input tensor once: layer 1 goes to three outputs (one scaled),
     layer 2 to two; every byte of the input is read exactly once (by either reading path)."""
-    import mergesmith.execute
-    from mergesmith.checkpoints import Checkpoint
+    from mergesmith.execute import routes
 
     src = make_model("m", layers=4)
     recipe = (
@@ -81,19 +80,19 @@ def test_a_repeated_layer_is_read_once_for_all_its_copies(tmp_path, make_model, 
         "- sources: [{model: m, layer_range: [1, 3]}]\nmerge_method: passthrough\n"
     )
     read: dict[str, int] = {}  # input tensor -> bytes of it read from its file
-    read_into, read_bytes = mergesmith.execute.read_into, Checkpoint.read_bytes
+    read_into, read_bytes = routes.read_into, routes.read_tensor_bytes
 
     def counting_read_into(info, view, offset=0):
         read[info.name] = read.get(info.name, 0) + len(view)
         return read_into(info, view, offset)
 
-    def counting_read_bytes(self, name, offset=0, nbytes=None):
-        data = read_bytes(self, name, offset, nbytes)
-        read[name] = read.get(name, 0) + len(data)
+    def counting_read_bytes(info, offset=0, nbytes=None):
+        data = read_bytes(info, offset, nbytes)
+        read[info.name] = read.get(info.name, 0) + len(data)
         return data
 
-    monkeypatch.setattr(mergesmith.execute, "read_into", counting_read_into)
-    monkeypatch.setattr(Checkpoint, "read_bytes", counting_read_bytes)
+    monkeypatch.setattr(routes, "read_into", counting_read_into)
+    monkeypatch.setattr(routes, "read_tensor_bytes", counting_read_bytes)
     out_dir = run(tmp_path, recipe, {"m": src}, workers=2, out_shard_bytes=shard_bytes)
     shards = len(list(out_dir.glob("*.safetensors")))
     assert shards == 1 if shard_bytes > 10**6 else shards > 2

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mergesmith.api import merge
+from mergesmith.api import merge, merge_plan
 from mergesmith.checkpoints import open_checkpoints
-from mergesmith.execute import MergeOptions, run_plan
+from mergesmith.execute import MergeOptions
 from mergesmith.plan import plan_merge
 from mergesmith.recipe import load_recipe
 
@@ -38,7 +38,7 @@ def merged(
     plan = plan_merge(loaded, checkpoints)
     if reverse:  # compute the tensors in the opposite order
         plan = dataclasses.replace(plan, entries=plan.entries[::-1])
-    report = run_plan(plan, checkpoints, tmp_path / name, MergeOptions(random_seed=seed, workers=workers))
+    report = merge_plan(plan, checkpoints, tmp_path / name, MergeOptions(random_seed=seed, workers=workers))
     return load_file(tmp_path / name / "model.safetensors"), report
 
 

@@ -6,8 +6,8 @@ import torch
 from safetensors import safe_open
 
 from mergesmith.dtypes import tensor_bytes
+from mergesmith.output.shards import ShardWriter, layout_shards
 from mergesmith.synthetic import SyntheticTensor
-from mergesmith.write import ShardWriter, layout_shards
 
 
 def test_shards_fill_in_order_up_to_the_limit():
@@ -35,7 +35,7 @@ def test_written_tensors_read_back_exactly(tmp_path):
     values = {"a": torch.randn(3, 5).bfloat16(), "b": torch.arange(7, dtype=torch.int64), "c": torch.tensor(2.5)}
     specs = [SyntheticTensor(n, tuple(v.shape), code) for (n, v), code in zip(values.items(), ("BF16", "I64", "F32"))]
     layout = layout_shards(specs, 10**9)
-    writer = ShardWriter(tmp_path, layout)
+    writer = ShardWriter([(tmp_path / shard.filename, shard) for shard in layout.shards()])
     for name in ("c", "a", "b"):  # any order: every slot is fixed in advance
         writer.write(name, 0, tensor_bytes(values[name]))
     writer.close(sync=True)
@@ -52,7 +52,7 @@ def test_the_writeback_thread_lives_as_long_as_the_writer_and_copies_keep_no_che
 
     computed, copied = torch.randn(64, 32).bfloat16(), torch.randn(16).float()
     layout = layout_shards([SyntheticTensor("c", (64, 32), "BF16"), SyntheticTensor("k", (16,), "F32")], 10**9)
-    writer = ShardWriter(tmp_path, layout)
+    writer = ShardWriter([(tmp_path / shard.filename, shard) for shard in layout.shards()])
     assert writer.writeback.thread is not None and writer.writeback.thread.is_alive()
     data = bytes(tensor_bytes(computed))
     writer.write("c", 0, data[:1000])

@@ -19,9 +19,10 @@ from mergesmith.checkpoints.names import (
     SAFETENSORS_SINGLE,
     is_token_rows,
 )
+from mergesmith.checkpoints.pickled import load_state, read_tensor_bytes
 from mergesmith.checkpoints.reference import ModelReference, resolve_reference
 from mergesmith.checkpoints.safe_json import json_type, read_json
-from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header, read_range
+from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header
 from mergesmith.errors import CheckpointError
 
 
@@ -33,7 +34,6 @@ class Checkpoint:
         self.folder = ref.folder if ref.folder is not None else hub.fetch_metadata(ref)
         self._roots = _allowed_roots(self.folder)
         self._headers: dict[str, dict[str, TensorInfo]] = {}
-        self._bin_state: dict[str, Mapping[str, Any]] = {}
         self.config = self._read_config()
         self._refuse_quantized()
         self.weight_map = self._find_weights()  # tensor name -> weight file name
@@ -103,15 +103,7 @@ class Checkpoint:
 
     def read_bytes(self, name: str, offset: int = 0, nbytes: int | None = None) -> bytes | bytearray:
         """Raw little-endian bytes of a tensor, or of `nbytes` of them starting at `offset`."""
-        info = self.tensor_info(name)
-        if info.start >= 0:
-            return read_range(info, offset, nbytes)
-        import torch
-
-        tensor = self._bin_state[self.weight_map[name]][name]
-        flat = tensor.contiguous().reshape(-1).view(torch.uint8)
-        end = info.nbytes if nbytes is None else offset + nbytes
-        return flat[offset:end].numpy().tobytes()
+        return read_tensor_bytes(self.tensor_info(name), offset, nbytes)
 
     def _read_config(self) -> dict[str, Any]:
         path = self.file_path(CONFIG) if (self.folder / CONFIG).is_file() else None
@@ -179,19 +171,11 @@ class Checkpoint:
         return self._read_bin(filename, path)
 
     def _read_bin(self, filename: str, path: Path) -> dict[str, TensorInfo]:
-        import torch
 
         from mergesmith.dtypes import code_from_torch
 
         try:
-            # weights_only: a pickle can run code on load; this refuses anything but tensors.
-            # mmap keeps memory low, but only zip-format files (torch >= 1.6) can be mapped.
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_state(path)
         except Exception as err:
             found = re.search(r"Unsupported global: GLOBAL [^ ]+", str(err))
             if found:  # torch's own message goes on to suggest turning the protection off
@@ -202,7 +186,6 @@ class Checkpoint:
                 ) from None
             raise CheckpointError(f"model {self.ref.text!r}: cannot load {filename} safely ({err})") from None
         self._check_state(filename, state)
-        self._bin_state[filename] = state
         return {
             name: TensorInfo(name, path, code_from_torch(t.dtype), tuple(t.shape), -1, t.numel() * t.element_size())
             for name, t in state.items()

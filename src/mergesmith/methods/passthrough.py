@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from mergesmith.methods.spec import Inputs, MethodSpec, Param
+from mergesmith.methods.spec import UNSET, Inputs, MethodSpec, Param, RawKernel, Unset
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+# Stored dtypes that `scale_raw` handles with numpy alone (no torch import: seconds saved).
+RAW_SCALABLE = ("BF16", "F16", "F32")
+
+
+def _scale_bytes(data: bytes | bytearray | memoryview, dtype: str, params: Mapping[str, Any]) -> bytes:
+    (factor,) = params["scale"]
+    return scale_raw(data, dtype, factor)
+
+
+def _is_unscaled(params: Mapping[str, Any]) -> bool:
+    return params["scale"] is UNSET
+
 
 SPEC = MethodSpec(
     name="passthrough",
@@ -17,11 +31,8 @@ SPEC = MethodSpec(
     inputs=Inputs(base="ignored", min_count=1, max_count=1),
     summary="copy tensors from one model per slice, optionally scaled",
     elementwise=True,
+    raw_kernel=RawKernel(RAW_SCALABLE, _scale_bytes, _is_unscaled),
 )
-
-
-# Stored dtypes that `scale_raw` handles with numpy alone (no torch import: seconds saved).
-RAW_SCALABLE = ("BF16", "F16", "F32")
 
 
 def scale_raw(data: bytes | bytearray | memoryview, dtype: str, factor: float) -> bytes:
@@ -68,8 +79,11 @@ def _scratch(np, count: int):
     return tuple(a[:count] for a in have)
 
 
-def passthrough(tensors: list[Tensor], *, scale: list[float | None]) -> Tensor:
+def passthrough(tensors: list[Tensor], *, scale: tuple[float] | Unset) -> Tensor:
     # (same shape as the input) `tensor * scale` in the input's dtype: mergekit 0.1.5's arithmetic,
     # so results are bit-identical. The executor has already cast to the recipe's `dtype`.
-    (tensor,), (factor,) = tensors, scale
-    return tensor if factor is None else tensor * factor
+    (tensor,) = tensors
+    if isinstance(scale, Unset):
+        return tensor
+    (factor,) = scale
+    return tensor * factor

@@ -7,13 +7,34 @@ may be set, types, defaults, and the input contract. The function then receives 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from mergesmith.recipe.settings import as_float
 
 Scope = Literal["shared", "input", "non_base"]
+
+
+class Unset:
+    """The value of a parameter that the recipe does not set and that has no default (passthrough's
+    `scale`): printed as `unset` in plans, one object however often it is pickled."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "unset"
+
+    def __reduce__(self) -> tuple[type[Unset], tuple[()]]:
+        return (Unset, ())
+
+
+UNSET: Final = Unset()
 
 
 def as_bool(value: Any) -> bool:
@@ -129,9 +150,24 @@ class MethodSpec:
     threads_change_result: bool = False
     # Checks the resolved parameters of one tensor; returns a problem, or None.
     check: Callable[[dict[str, Any]], str | None] | None = None
+    # The method on raw bytes (single-input methods only), so copies and scalings need no torch.
+    raw_kernel: RawKernel | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class RawKernel:
+    """The method on one input's raw little-endian bytes, without torch (seconds of import saved
+    on merges that only move bytes). It must give the tensor function's bits exactly; the plan
+    routes an entry to it only for the `dtypes` listed and when no cast is needed."""
+
+    dtypes: tuple[str, ...]  # safetensors codes it handles: "BF16", ...
+    # the result's bytes from one piece of the input, its dtype code and the entry's parameters
+    apply: Callable[[bytes | bytearray | memoryview, str, Mapping[str, Any]], bytes]
+    # True when these parameters leave the input unchanged: its bytes are then copied
+    is_identity: Callable[[Mapping[str, Any]], bool]
 
 
 # What the registry holds for each method name: the spec and its tensor function.

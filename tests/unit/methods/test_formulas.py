@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mergesmith.methods import METHODS
+from mergesmith.methods.spec import UNSET
 
 torch.manual_seed(0)
 BASE = torch.randn(16, 24, dtype=torch.float64)
@@ -32,7 +33,7 @@ def ta_params(**overrides):
 
 def test_passthrough():
     assert torch.equal(run("passthrough", [BASE], scale=[2.5]), BASE * 2.5)
-    assert run("passthrough", [BASE], scale=[None]) is BASE
+    assert run("passthrough", [BASE], scale=UNSET) is BASE
 
 
 def test_linear():
