@@ -16,7 +16,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergesmith.errors import RecipeError
-from mergesmith.recipe.card import CardBlock, card_blocks, looks_like_card, looks_like_prose, no_recipe, recipe_blocks
+from mergesmith.recipe.from_card import (
+    CardBlock,
+    card_blocks,
+    looks_like_card,
+    looks_like_prose,
+    no_recipe,
+    recipe_blocks,
+)
 from mergesmith.recipe.schema import Recipe
 from mergesmith.recipe.unflatten import Rebuilt, dump, is_flattened, lost_indentation, unflatten
 from mergesmith.recipe.yaml_text import load_yaml, read_text
