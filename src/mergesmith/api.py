@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -12,14 +13,49 @@ from pathlib import Path
 from mergesmith.checkpoints import Checkpoint, open_checkpoints
 from mergesmith.errors import MergesmithError, RecipeError
 from mergesmith.execute import MergeOptions, MergeReport, run_plan
+from mergesmith.methods import METHODS
 from mergesmith.plan import Plan, plan_merge
-from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
+from mergesmith.recipe import LoadedRecipe, MethodNames
+from mergesmith.recipe import load as recipe_load
 from mergesmith.recipe.load import Reading
 from mergesmith.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
 RecipeSource = str | os.PathLike[str] | LoadedRecipe
+
+
+def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
+    """Read and validate a recipe file (or a model card holding one).
+
+    Example:
+        >>> loaded = load_recipe("examples/fimbulvetr-11b-v2-47-layers.yaml")
+        >>> loaded.recipe.merge_method
+        'passthrough'
+    """
+    return recipe_load.load_recipe(path, methods=method_names())
+
+
+def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
+    """Validate recipe text, or a model card holding one. Raises RecipeError naming the line or key path.
+
+    A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
+
+    Example:
+        >>> parse_recipe("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]").recipe.models[0].model
+        'a'
+    """
+    return recipe_load.parse_recipe(text, methods=method_names(), source=source)
+
+
+@functools.cache
+def method_names() -> MethodNames:
+    """The registry's parameter names, as the plain data recipe loading takes (recipe/ imports no
+    method code)."""
+    return MethodNames(
+        parameters={name: frozenset(p.name for p in spec.params) for name, (spec, _) in METHODS.items()},
+        per_model={name: frozenset(p.name for p in spec.params if p.per_input) for name, (spec, _) in METHODS.items()},
+    )
 
 
 def plan(
