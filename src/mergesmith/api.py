@@ -42,8 +42,8 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
     A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
 
     Example:
-        >>> parse_recipe("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]").recipe.models[0].model
-        'a'
+        >>> parse_recipe(Path("README.md").read_text(), source="README.md").recipe.merge_method
+        'slerp'
     """
     return recipe_load.parse_recipe(text, methods=method_names(), source=source)
 
