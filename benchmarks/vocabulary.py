@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from mergesmith.checkpoints.tokenizer import Tokenizer
-from mergesmith.vocabulary import align_rows, build_vocabulary
+from mergesmith.plan_vocabulary import build_vocabulary
+from mergesmith.vocabulary import align_rows
 
 
 def main() -> None:

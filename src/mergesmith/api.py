@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -17,14 +18,15 @@ from mergesmith.errors import MergesmithError, OutputError, RecipeError
 from mergesmith.execute import MergeOptions
 from mergesmith.execute.run import Resume, input_paths, merge_id, resolve_device, run_plan, uses_device
 from mergesmith.execute.tasks import ShardResult
-from mergesmith.methods import get_method
+from mergesmith.methods import METHODS, get_method
 from mergesmith.output.card import model_card
 from mergesmith.output.files import write_output_files
 from mergesmith.output.folder import STAGING_MARKER, check_output_folder, prepare_output, staging_folder
 from mergesmith.output.journal import Journal
 from mergesmith.output.shards import ShardLayout, file_digest, layout_shards
 from mergesmith.plan import Plan, plan_merge, routed_to_cpu
-from mergesmith.recipe import LoadedRecipe, load_recipe, parse_recipe
+from mergesmith.recipe import LoadedRecipe, MethodNames
+from mergesmith.recipe import load as recipe_load
 from mergesmith.recipe.load import Reading
 from mergesmith.recipe.schema import Recipe
 
@@ -44,6 +46,39 @@ class MergeReport:
     random_seed: int | None = None  # the seed random methods drew from
     warnings: tuple[str, ...] = ()  # the plan's: recipe keys the merge ignored
     shard_results: tuple[ShardResult, ...] = ()  # per shard written: where, when, how much
+
+
+def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
+    """Read and validate a recipe file (or a model card holding one).
+
+    Example:
+        >>> loaded = load_recipe("examples/fimbulvetr-11b-v2-47-layers.yaml")
+        >>> loaded.recipe.merge_method
+        'passthrough'
+    """
+    return recipe_load.load_recipe(path, methods=method_names())
+
+
+def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
+    """Validate recipe text, or a model card holding one. Raises RecipeError naming the line or key path.
+
+    A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
+
+    Example:
+        >>> parse_recipe(Path("README.md").read_text(), source="README.md").recipe.merge_method
+        'slerp'
+    """
+    return recipe_load.parse_recipe(text, methods=method_names(), source=source)
+
+
+@functools.cache
+def method_names() -> MethodNames:
+    """The registry's parameter names, as the plain data recipe loading takes (recipe/ imports no
+    method code)."""
+    return MethodNames(
+        parameters={name: frozenset(p.name for p in spec.params) for name, (spec, _) in METHODS.items()},
+        per_model={name: frozenset(p.name for p in spec.params if p.per_input) for name, (spec, _) in METHODS.items()},
+    )
 
 
 def plan(

@@ -414,8 +414,7 @@ def recipe_extract(card: Path | None, from_card: str | None) -> None:
 
 def _read_recipe(path: Path | None, from_card: str | None, *, quiet: bool, echo: bool = True):
     """Load a recipe file or card; tell the user on stderr when its indentation was rebuilt."""
-    from mergesmith.api import recipe_from_hub_card
-    from mergesmith.recipe import load_recipe
+    from mergesmith.api import load_recipe, recipe_from_hub_card
 
     loaded = recipe_from_hub_card(from_card) if from_card else load_recipe(path)  # type: ignore[arg-type]
     if loaded.rebuilt and not quiet:

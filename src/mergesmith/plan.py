@@ -23,11 +23,12 @@ from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import UNSET, MethodSpec
+from mergesmith.plan_checks import Ignored, check_parameter_names, check_slice_keys
+from mergesmith.plan_parameters import Level, resolve_parameter
+from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
-from mergesmith.recipe.ignored import Ignored, check_parameter_names, check_slice_keys
-from mergesmith.recipe.resolve import Level, resolve_parameter
 from mergesmith.recipe.schema import InputSlice, Recipe
-from mergesmith.vocabulary import Vocabulary, build_vocabulary, check_entry_models
+from mergesmith.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from factory import fill_cache
+from mergesmith.api import load_recipe
 from mergesmith.cli import main
 from mergesmith.demo import SEED_MODEL, build_demo_model
-from mergesmith.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO.parent / "shared" / "seed" / "000_75b09b5f9d0ce7e0.txt"

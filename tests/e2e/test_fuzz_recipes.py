@@ -15,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factory import build_model
-from mergesmith.api import plan
+from mergesmith.api import parse_recipe, plan
 from mergesmith.errors import MergesmithError
 from mergesmith.methods import METHODS
-from mergesmith.recipe import parse_recipe
 
 EXAMPLES = int(os.environ.get("MERGESMITH_FUZZ_EXAMPLES", "2000"))
 MODELS = ("a", "b", "c")

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mergesmith.api import merge, merge_plan
+from mergesmith.api import load_recipe, merge, merge_plan
 from mergesmith.checkpoints import open_checkpoints
 from mergesmith.execute import MergeOptions
 from mergesmith.plan import plan_merge
-from mergesmith.recipe import load_recipe
 
 RECIPE = """
 models:

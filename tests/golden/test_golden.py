@@ -177,7 +177,7 @@ def test_output_metadata_agrees_with_its_tensors(case: str, inputs: dict[str, Pa
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergesmith.recipe import load_recipe
+    from mergesmith.api import load_recipe
 
     out = tmp_path / "out"
     merge(HERE / case / "recipe.yaml", out, model_paths=inputs)

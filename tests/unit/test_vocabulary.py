@@ -9,8 +9,9 @@ import torch
 
 from mergesmith.checkpoints.tokenizer import Tokenizer
 from mergesmith.errors import PlanError
+from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe.schema import TokenEmbedding
-from mergesmith.vocabulary import TokenRow, Vocabulary, align_rows, build_vocabulary, check_entry_models
+from mergesmith.vocabulary import TokenRow, Vocabulary, align_rows
 
 
 def tokenizer(model: str, tokens: list[str], *, added: tuple[str, ...] = (), rows: int | None = None) -> Tokenizer:

@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from mergesmith.recipe.settings import as_float
-
 Scope = Literal["shared", "input", "non_base"]
 
 
@@ -35,6 +33,29 @@ class Unset:
 
 
 UNSET: Final = Unset()
+
+
+def as_float(value: Any) -> float:
+    """Validate a float parameter: numbers, and numeric strings (YAML reads `1e-3` as a string)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, found {value!r}")
+    if isinstance(value, (int, float)):
+        # NaN and inf (YAML's .nan, or 1.0e+400 read as inf) would silently fill the model with NaN.
+        try:
+            result = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ValueError(f"expected a finite number, found {value!r}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"expected a finite number, found {value!r}")
+        return result
+    if isinstance(value, str):
+        try:
+            result = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, found {value!r}") from None
+        if math.isfinite(result):
+            return result
+    raise ValueError(f"expected a number, found {value!r}")
 
 
 def as_bool(value: Any) -> bool:

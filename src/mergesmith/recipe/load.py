@@ -16,7 +16,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergesmith.errors import RecipeError
-from mergesmith.recipe.card import CardBlock, card_blocks, looks_like_card, looks_like_prose, no_recipe, recipe_blocks
+from mergesmith.recipe.from_card import (
+    CardBlock,
+    card_blocks,
+    looks_like_card,
+    looks_like_prose,
+    no_recipe,
+    recipe_blocks,
+)
+from mergesmith.recipe.method_names import MethodNames
 from mergesmith.recipe.schema import Recipe
 from mergesmith.recipe.unflatten import Rebuilt, dump, is_flattened, lost_indentation, unflatten
 from mergesmith.recipe.yaml_text import load_yaml, read_text
@@ -49,38 +57,39 @@ class LoadedRecipe:
     ignored_keys: tuple[str, ...] = ()  # unknown top-level keys that mergekit ignores (`name`, ...)
 
 
-def load_recipe(path: str | os.PathLike[str]) -> LoadedRecipe:
-    """Read and validate a recipe file (or a model card holding one).
+def load_recipe(path: str | os.PathLike[str], *, methods: MethodNames) -> LoadedRecipe:
+    """Read and validate a recipe file (or a model card holding one). `methods` names the merge
+    methods' parameters; mergesmith.api.load_recipe passes the registry's.
 
     Example:
-        >>> loaded = load_recipe("examples/fimbulvetr-11b-v2-47-layers.yaml")
+        >>> loaded = load_recipe("examples/fimbulvetr-11b-v2-47-layers.yaml", methods=api.method_names())
         >>> loaded.recipe.merge_method
         'passthrough'
     """
-    return parse_recipe(read_text(path), source=str(Path(path)))
+    return parse_recipe(read_text(path), methods=methods, source=str(Path(path)))
 
 
-def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
+def parse_recipe(text: str, *, methods: MethodNames, source: str = "<string>") -> LoadedRecipe:
     """Validate recipe text, or a model card holding one. Raises RecipeError naming the line or key path.
 
     A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
     """
     if not looks_like_card(text):
-        return _parse_block(text, source, 0, from_card=False)
+        return _parse_block(text, source, 0, methods, from_card=False)
     blocks = recipe_blocks(card_blocks(text))
     if not blocks:
         raise no_recipe(source)
     if len(blocks) == 1:
-        return _parse_block(blocks[0].text, source, blocks[0].line - 1, from_card=True)
-    return _one_of(blocks, source)
+        return _parse_block(blocks[0].text, source, blocks[0].line - 1, methods, from_card=True)
+    return _one_of(blocks, source, methods)
 
 
-def _one_of(blocks: list[CardBlock], source: str) -> LoadedRecipe:
+def _one_of(blocks: list[CardBlock], source: str, methods: MethodNames) -> LoadedRecipe:
     """Of several blocks that read as recipes, the one that loads; an error if not exactly one."""
     loaded = []
     for block in blocks:
         try:
-            loaded.append(_parse_block(block.text, source, block.line - 1, from_card=True))
+            loaded.append(_parse_block(block.text, source, block.line - 1, methods, from_card=True))
         except RecipeError:
             continue
     if len(loaded) == 1:
@@ -95,11 +104,11 @@ def _one_of(blocks: list[CardBlock], source: str) -> LoadedRecipe:
     )
 
 
-def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> LoadedRecipe:
+def _parse_block(text: str, source: str, offset: int, methods: MethodNames, *, from_card: bool) -> LoadedRecipe:
     if not from_card and looks_like_prose(text):  # a page without code blocks, not a broken recipe
         raise no_recipe(source)
     if lost_indentation(text):  # YAML would read the keys that open blocks as empty
-        return _rebuilt(text, source, offset, from_card)
+        return _rebuilt(text, source, offset, from_card, methods)
     try:
         data = load_yaml(text, first_line=offset + 1)
     except RecipeError as err:
@@ -107,32 +116,30 @@ def _parse_block(text: str, source: str, offset: int, *, from_card: bool) -> Loa
     except yaml.YAMLError as err:
         if is_flattened(text):  # the usual cause: indentation lost on the way
             try:
-                return _rebuilt(text, source, offset, from_card)
+                return _rebuilt(text, source, offset, from_card, methods)
             except RecipeError:
                 if not any(line[:1].isspace() for line in text.splitlines() if line.strip()):
                     raise  # wholly flat: the rebuild's message is the useful one
         raise RecipeError(f"{source}: {_describe_yaml_error(err, offset)}", hint=_yaml_hint(err)) from None
     try:
-        return dataclasses.replace(_validate(text, source, data), from_card=from_card)
+        return dataclasses.replace(_validate(text, source, data, methods), from_card=from_card)
     except RecipeError:
         if not (isinstance(data, dict) and is_flattened(text)):
             raise
         try:
-            return _rebuilt(text, source, offset, from_card)
+            return _rebuilt(text, source, offset, from_card, methods)
         except RecipeError:
             pass
         raise  # the rebuild made no sense either: report the recipe as written
 
 
-def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedRecipe:
+def _rebuilt(text: str, source: str, offset: int, from_card: bool, methods: MethodNames) -> LoadedRecipe:
     """The recipe of flattened `text`, its nesting restored from the schema, validated; with every
     other reading that validates."""
-    from mergesmith.methods import METHODS
-
     # A parameters block takes any method's parameter (a method ignores another's, with a warning).
-    known = {p.name for spec, _ in METHODS.values() for p in spec.params}
-    names = {name: known for name in METHODS}
-    per_model = {name: {p.name for p in spec.params if p.per_input} for name, (spec, _) in METHODS.items()}
+    known = set(methods.all_parameters)
+    names = {name: known for name in methods.parameters}
+    per_model = {name: set(params) for name, params in methods.per_model.items()}
     try:
         rebuilt = unflatten(text, method_params=names, per_model=per_model)
     except RecipeError as err:
@@ -140,13 +147,13 @@ def _rebuilt(text: str, source: str, offset: int, from_card: bool) -> LoadedReci
     readings = []
     for other in rebuilt.alternatives:
         try:
-            valid = _validate(dump(other.data), source, other.data)
+            valid = _validate(dump(other.data), source, other.data, methods)
         except RecipeError:
             continue  # a reading the schema refuses is not a reading
         where = (other.line + offset, other.what, other.chosen, other.where)
         readings.append(Reading(*where, recipe=valid.recipe, text=valid.text))
     try:
-        loaded = _validate(dump(rebuilt.data), source, rebuilt.data)
+        loaded = _validate(dump(rebuilt.data), source, rebuilt.data, methods)
     except RecipeError:
         if not readings:
             raise
@@ -170,13 +177,13 @@ def _shift_lines(message: str, offset: int) -> str:
     return re.sub(r"\bline (\d+)", lambda m: f"line {int(m[1]) + offset}", message)
 
 
-def _validate(text: str, source: str, data: Any) -> LoadedRecipe:
+def _validate(text: str, source: str, data: Any, methods: MethodNames) -> LoadedRecipe:
     if not isinstance(data, dict):
         raise RecipeError(
             f"{source}: a recipe is a YAML mapping with keys such as 'merge_method' and 'slices'",
             hint="see examples/ for complete recipes",
         )
-    ignored = _tolerated_top_level_keys(data)
+    ignored = _tolerated_top_level_keys(data, methods)
     try:
         recipe = Recipe.model_validate({k: v for k, v in data.items() if k not in ignored})
     except ValidationError as err:
@@ -184,13 +191,13 @@ def _validate(text: str, source: str, data: Any) -> LoadedRecipe:
     return LoadedRecipe(recipe=recipe, text=text, source=source, ignored_keys=ignored)
 
 
-def _tolerated_top_level_keys(data: dict[Any, Any]) -> tuple[str, ...]:
+def _tolerated_top_level_keys(data: dict[Any, Any], methods: MethodNames) -> tuple[str, ...]:
     """Unknown top-level keys that are not a misspelling of a real one (`name` in mergekit-multi
     documents, notes): mergekit ignores them, and the plan warns. A close misspelling
     (`merge_methd`) stays an error, like unknown keys at every other level; so does a key of a
     deeper level (`weight`, `layer_range`): it is misplaced, usually by lost indentation."""
     fields = list(Recipe.model_fields)
-    misplaced = _deeper_keys()
+    misplaced = _deeper_keys(methods)
     return tuple(
         str(key)
         for key in data
@@ -201,12 +208,11 @@ def _tolerated_top_level_keys(data: dict[Any, Any]) -> tuple[str, ...]:
     )
 
 
-def _deeper_keys() -> set[str]:
+def _deeper_keys(methods: MethodNames) -> set[str]:
     """Every key of a level below the top: schema fields, filter entries, parameter names."""
-    from mergesmith.methods import METHODS
     from mergesmith.recipe import schema
 
-    keys = {"filter", "value"} | {p.name for spec, _ in METHODS.values() for p in spec.params}
+    keys = {"filter", "value"} | methods.all_parameters
     for name in _MODEL_NAMES - {"Recipe"}:
         keys |= set(getattr(schema, name).model_fields)
     return keys

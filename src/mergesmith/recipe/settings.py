@@ -11,7 +11,6 @@ tensor with `evaluate_setting(setting, tensor_name, t)`:
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,26 +132,3 @@ def _evaluate_list(raw: tuple[ScalarValue, ...], t: float, validate: Callable[[A
     i1 = min(len(values) - 1, i0 + 1)
     frac = scaled - i0
     return validate((1 - frac) * values[i0] + frac * values[i1])
-
-
-def as_float(value: Any) -> float:
-    """Validate a float parameter: numbers, and numeric strings (YAML reads `1e-3` as a string)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, found {value!r}")
-    if isinstance(value, (int, float)):
-        # NaN and inf (YAML's .nan, or 1.0e+400 read as inf) would silently fill the model with NaN.
-        try:
-            result = float(value)
-        except OverflowError:  # an integer too large for a float
-            raise ValueError(f"expected a finite number, found {value!r}") from None
-        if not math.isfinite(result):
-            raise ValueError(f"expected a finite number, found {value!r}")
-        return result
-    if isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, found {value!r}") from None
-        if math.isfinite(result):
-            return result
-    raise ValueError(f"expected a number, found {value!r}")

@@ -8,8 +8,8 @@ import typing
 import pytest
 import yaml
 
+from mergesmith.api import parse_recipe
 from mergesmith.errors import RecipeError
-from mergesmith.recipe import parse_recipe
 from mergesmith.recipe.schema import Recipe
 from mergesmith.recipe.unflatten import SCHEMA
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mergesmith.api import load_recipe, parse_recipe
 from mergesmith.errors import RecipeError
-from mergesmith.recipe import load_recipe, parse_recipe
 from mergesmith.recipe.settings import Scalar
 
 REPO = Path(__file__).resolve().parents[3]

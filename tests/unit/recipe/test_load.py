@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mergesmith.api import load_recipe, parse_recipe
 from mergesmith.errors import RecipeError
-from mergesmith.recipe import load_recipe, parse_recipe
 from mergesmith.recipe.settings import Conditional, Scalar
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mergesmith.api import plan
+from mergesmith.api import parse_recipe, plan
 from mergesmith.errors import RecipeError
-from mergesmith.recipe import parse_recipe
 
 CARDS = Path(__file__).resolve().parents[2] / "data" / "real_cards"
 

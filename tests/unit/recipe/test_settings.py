@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from mergesmith.methods.spec import as_float
 from mergesmith.recipe.settings import (
     Conditional,
     Scalar,
     ScalarList,
     SettingError,
-    as_float,
     evaluate_setting,
     parse_setting,
 )

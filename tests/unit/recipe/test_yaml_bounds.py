@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from mergesmith.api import load_recipe, parse_recipe
 from mergesmith.errors import RecipeError
-from mergesmith.recipe import load_recipe, parse_recipe
 from mergesmith.recipe.yaml_text import MAX_DEPTH, MAX_NODES, MAX_TEXT_BYTES
 
 

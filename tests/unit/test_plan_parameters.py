@@ -6,7 +6,7 @@ import pytest
 
 from mergesmith.errors import PlanError, RecipeError
 from mergesmith.methods.spec import Param
-from mergesmith.recipe.resolve import Level, resolve_parameter
+from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.recipe.settings import parse_setting
 
 SCALE = Param("scale", float, scope="input")

@@ -3,6 +3,8 @@
 Published recipes carry them (LazyMergekit templates give every model `weight` and `density`,
 mergekit's own tests give every method `weight`), and they merge as they do without the key. A
 name that no method knows is a typo, and stays an error with the closest name.
+
+The checks read the method registry, so they run in the planner: recipe/ imports no method code.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from mergesmith.errors import RecipeError
 from mergesmith.methods import METHODS
 from mergesmith.methods.spec import MethodSpec
-from mergesmith.recipe.resolve import Level
+from mergesmith.plan_parameters import Level
 from mergesmith.recipe.schema import Recipe
 
 log = logging.getLogger(__name__)

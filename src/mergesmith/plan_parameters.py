@@ -4,6 +4,8 @@ Precedence, highest first (mergekit 0.1.5): the source's own `parameters` (every
 naming the same model), the output slice's, the module's, the recipe's top level, then the method's
 default. A level whose setting evaluates to nothing (an empty list, a filter list in which no filter
 matches) is skipped. Method-wide parameters are never read from a model's own block.
+
+It is the planner's work, as it reads a method's Param: recipe/ parses settings without method code.
 """
 
 from __future__ import annotations
