@@ -3,6 +3,8 @@
     python benchmarks/bench.py seed [--size 1g|5g] [--repeats 3] [--workdir DIR] [--mergekit PATH]
     python benchmarks/bench.py ties|linear [--size 1g] ...        # a base and 3 models of SIZE each
     python benchmarks/bench.py dus [--size 1g] ...                # depth up-scaling: 4 overlapping 24-layer ranges
+    python benchmarks/bench.py seed --compare-with /path/to/old/src  # also run another mergesmith source tree
+    python benchmarks/bench.py ties --ray                           # also run with --executor ray (local instance)
 
 Each command runs as a child process; wall time, CPU time and peak RSS are read from that child's
 own rusage (os.wait4). Runs alternate between the tools so that cache state treats them alike.
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--mergekit")
     parser.add_argument("--no-mergekit", action="store_true")
+    parser.add_argument("--compare-with", type=Path, help="another mergesmith's src folder, run in the same rounds")
+    parser.add_argument("--ray", action="store_true", help="also run mergesmith with --executor ray")
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,6 +156,12 @@ def main() -> None:
         + " && ".join(f"cp -r {m} {work}/out-cp/" for m in models.values())
         + " && sync",
     }
+    merge_args = f"-q merge {work}/{args.scenario}.yaml {work}/out-ms --overwrite {paths} && sync"
+    if args.ray:
+        tools["mergesmith --executor ray"] = f"{mergesmith} {merge_args.replace(' merge ', ' merge --executor ray ')}"
+    if args.compare_with:
+        cli = f"PYTHONPATH={args.compare_with} {sys.executable} -c 'from mergesmith.cli import main; main()'"
+        tools[f"mergesmith ({args.compare_with})"] = f"{cli} {merge_args}"
     if not args.no_mergekit:
         tools["mergekit 0.1.5"] = (
             f"rm -rf {work}/out-mk && {mergekit_yaml(args.mergekit)} {work}/{args.scenario}-mergekit.yaml "

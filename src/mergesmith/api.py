@@ -190,10 +190,9 @@ def merge_plan(
                     layout,
                     options,
                     seed=journal.seed,
-                    events=_Events(bar, journal),
+                    events=_Events(bar, journal, folder),
                     resume=resume,
                 )
-            _check_digests(folder, results)
             ok = True
         finally:
             journal.close(keep=not ok)
@@ -225,23 +224,12 @@ def _resume(journal: Journal, folder: Path, layout: ShardLayout, count: int, req
     return Resume(tensors=tensors, shards=set(shards), keep=journal.resumed)
 
 
-def _check_digests(folder: Path, results: list[ShardResult]) -> None:
-    """Every shard a task reported with a digest holds those bytes as this process reads them (a
-    shared file system that lost or reordered a remote write shows it here, before OUT exists)."""
-    for result in results:
-        if result.digest is not None and file_digest(folder / result.filename) != result.digest:
-            raise OutputError(
-                f"{folder / result.filename}: the shard's bytes differ from those its task wrote "
-                f"(on node {result.node})",
-                hint="the storage shared by the nodes lost a write; run again (--resume keeps the verified shards)",
-            )
-
-
 class _Events:
-    """The driver's side of a run: the progress bar and the resume journal."""
+    """The driver's side of a run: the progress bar, the resume journal, and the check of every
+    shard a task reports with a digest, as it arrives (while other tasks still run)."""
 
-    def __init__(self, bar, journal: Journal) -> None:
-        self.bar, self.journal = bar, journal
+    def __init__(self, bar, journal: Journal, folder: Path) -> None:
+        self.bar, self.journal, self.folder = bar, journal, folder
 
     def progress(self, nbytes: int) -> None:
         self.bar.update(nbytes)
@@ -250,8 +238,17 @@ class _Events:
         self.journal.record(name, crc)
 
     def shard_written(self, result: ShardResult) -> None:
-        if result.digest is not None:
-            self.journal.record_shard(result.filename, result.digest)
+        """A shard written elsewhere holds the bytes its task wrote as this process reads them (a
+        shared file system that lost a remote write shows it here, before OUT exists)."""
+        if result.digest is None:
+            return
+        if file_digest(self.folder / result.filename) != result.digest:
+            raise OutputError(
+                f"{self.folder / result.filename}: the shard's bytes differ from those its task wrote "
+                f"(on node {result.node})",
+                hint="the storage shared by the nodes lost a write; run again (--resume keeps the verified shards)",
+            )
+        self.journal.record_shard(result.filename, result.digest)
 
 
 class _NoBar:
