@@ -261,3 +261,25 @@ def test_a_gpu_request_no_node_can_meet_is_refused_instead_of_hanging(ray_cluste
     ray.cancel(ref)
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(ref, timeout=GET_TIMEOUT_S)
+
+
+def test_a_task_on_a_node_that_dies_is_retried_on_another(ray_cluster, tmp_path):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    doomed = ray_cluster.cluster.add_node(num_cpus=1)
+    try:
+        ray_cluster.cluster.wait_for_nodes(timeout=60)
+        target, attempts = tmp_path / "model-00001-of-00001.safetensors", tmp_path / "attempts"
+        attempts.mkdir()
+        # soft: the retry may go to any node once the doomed one is gone
+        strategy = NodeAffinitySchedulingStrategy(node_id=doomed.node_id, soft=True)
+        ref = write_in_pieces.options(scheduling_strategy=strategy).remote(str(target), str(attempts), 0.5)
+        wait_for(lambda: list(attempts.iterdir()), what="the task to start")
+        ray_cluster.cluster.remove_node(doomed, allow_graceful=False)  # SIGKILLs its raylet and workers
+        digest = ray.get(ref, timeout=GET_TIMEOUT_S)
+    finally:  # the other tests expect the session's two worker nodes and no more
+        if doomed in ray_cluster.cluster.worker_nodes:
+            ray_cluster.cluster.remove_node(doomed, allow_graceful=False)
+    assert target.read_bytes() == shard_bytes()
+    assert digest == hashlib.sha256(shard_bytes()).hexdigest()
+    assert len(list(attempts.iterdir())) == 2
