@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,6 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = AUTH_TOKEN
 os.environ.pop("RAY_ADDRESS", None)  # ray.init() would join that cluster instead of the tests' own
 
-ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 WORKER_NODES = 2
 CPUS_PER_WORKER = 1  # two cores here: one task at a time per worker node keeps both busy, no more
@@ -34,12 +33,17 @@ class RayTestCluster:
     head_node_id: str  # runs the GCS and no tasks (num_cpus=0)
     worker_node_ids: tuple[str, ...]
     auth_token: str  # a subprocess that joins needs RAY_AUTH_MODE=token and this RAY_AUTH_TOKEN
-    cluster: Cluster  # for a test that adds or removes a node of its own; leave the session's nodes
+    # ray.cluster_utils.Cluster, for a test that adds and removes a node of its own; leave the session's
+    cluster: Any
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The session's Ray cluster; the test process is its driver (ray.is_initialized() is True)."""
+    # here, not at the top: a skip raised while pytest loads a conftest named on its command line is a crash
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
     head = {"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_NODE_DEATH}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
