@@ -52,7 +52,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     # "local", not None: a bare ray.init() joins whatever cluster `ray start` last left on this machine
     # (RAY_ADDRESS, /tmp/ray/ray_current_cluster) instead of starting a new one.
     try:
-        ray.init(address=address or "local", log_to_driver=False, configure_logging=False, **_local_only(address))
+        # log_to_driver=False: tasks' output stays in Ray's session logs; their errors come back as exceptions
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     except (ConnectionError, ray.exceptions.RaySystemError, ray.exceptions.AuthenticationError) as err:
         raise _init_error(address, err) from err
     try:
@@ -98,11 +99,6 @@ def _init_error(address: str | None, err: Exception) -> ClusterError:
     )
 
 
-def _local_only(address: str | None) -> dict[str, Any]:
-    # ray.init refuses node settings when it joins a cluster; the dashboard is ray[default] and unused
-    return {"include_dashboard": False} if address is None else {}
-
-
 def get_results(refs: Sequence[Any], *, timeout_s: float | None) -> list[Any]:
     """ray.get, raising a task's MergesmithError as itself: Ray wraps it in RayTaskError(<its class>),
     which is still an instance of it, but whose str() is the remote traceback instead of message + hint."""
@@ -145,7 +141,7 @@ class ByteProgress:
 
 
 def start_progress() -> Any:
-    """A ByteProgress actor. num_cpus=0: it may live on a head that runs no tasks, and takes no CPU
-    from the tasks it counts."""
+    """A ByteProgress actor. num_cpus=0: it holds no CPU, so it takes none from the tasks it counts
+    (an actor asks for 1 CPU to be placed unless told otherwise)."""
     ray = import_ray()
     return ray.remote(num_cpus=0)(ByteProgress).remote()
