@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class MergesmithError(Exception):
-    """A problem the user can fix: the message says what and where, the hint how to fix it."""
+    """A problem the user can fix: the message says what and where, the hint how to fix it.
+
+    Ray sends a task's error to the driver by pickling it. The default Exception pickling rebuilds
+    cls(*args) and restores __dict__ (message, hint), so keep the message the only positional argument
+    of every subclass (tests/unit/test_errors_pickle.py checks each one).
+    """
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -37,3 +42,7 @@ class OutputError(MergesmithError, OSError):
 
 class UnsupportedError(MergesmithError):
     """The recipe asks for something mergesmith does not do (yet)."""
+
+
+class ClusterError(MergesmithError):
+    """The Ray cluster cannot run the merge: it is unreachable, or no node has the resources asked for."""
