@@ -21,7 +21,7 @@ PRIVATE = """
 import json, time
 t0 = time.monotonic()
 import ray
-from mergesmith.ray_support import ray_session
+from mergesmith.execute.ray_cluster import ray_session
 t1 = time.monotonic()
 with ray_session(None):
     t2 = time.monotonic()
@@ -55,7 +55,7 @@ def time_cluster() -> dict[str, float]:
     ray.get([nop.remote() for _ in range(20)], timeout=120)
     t["warm20"] = time.monotonic()
     report_1000 = ray.remote(num_cpus=1)(_report_1000)
-    from mergesmith.ray_support import start_progress
+    from mergesmith.execute.ray_cluster import start_progress
 
     progress = start_progress()
     ray.get(progress.total.remote(), timeout=60)  # the actor is up before we time its use

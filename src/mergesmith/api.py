@@ -23,7 +23,7 @@ from mergesmith.output.card import model_card
 from mergesmith.output.files import write_output_files
 from mergesmith.output.folder import STAGING_MARKER, check_output_folder, prepare_output, staging_folder
 from mergesmith.output.journal import Journal
-from mergesmith.output.shards import ShardLayout, file_digest, layout_shards
+from mergesmith.output.shards import ShardLayout, file_digest, layout_shards, remove_attempts
 from mergesmith.plan import Plan, plan_merge, routed_to_cpu
 from mergesmith.recipe import LoadedRecipe, MethodNames
 from mergesmith.recipe import load as recipe_load
@@ -196,6 +196,7 @@ def merge_plan(
             ok = True
         finally:
             journal.close(keep=not ok)
+        remove_attempts(folder)
         card = model_card(plan, random_seed=journal.seed if is_random else None)
         write_output_files(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
         files = tuple(sorted(p.name for p in folder.iterdir() if p.name != STAGING_MARKER))

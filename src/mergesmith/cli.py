@@ -95,6 +95,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Build new language models out of existing ones, from mergekit-compatible recipes."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # Ray's own notices (its token file, its session folder) are for -v: the merge says what matters
+    logging.getLogger("ray").setLevel(level if verbose else logging.ERROR)
     ctx.obj = {"quiet": quiet}
 
 

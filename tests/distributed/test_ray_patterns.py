@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 import mergesmith
-from mergesmith import ray_support
 from mergesmith.errors import CheckpointError, ClusterError
+from mergesmith.execute import ray_cluster as ray_support
 
 ray = pytest.importorskip("ray")
 
@@ -141,7 +141,7 @@ def run_driver(code: str, **env: str) -> str:
 
 LOCAL_DRIVER = """
 import json, psutil, ray
-from mergesmith.ray_support import ray_session
+from mergesmith.execute.ray_cluster import ray_session
 with ray_session(None):
     node = ray.get(ray.remote(lambda: ray.get_runtime_context().get_node_id()).remote(), timeout=60)
     started = [p.pid for p in psutil.Process().children(recursive=True)]
@@ -167,7 +167,7 @@ def test_a_bare_ray_init_joins_the_running_cluster_instead_of_starting_one(ray_c
 
 JOINING_DRIVER = """
 import ray, sys
-from mergesmith.ray_support import ray_session
+from mergesmith.execute.ray_cluster import ray_session
 with ray_session(sys.argv[1]):
     print(sorted(node["NodeID"] for node in ray.nodes() if node["Alive"]))
 """

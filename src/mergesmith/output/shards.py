@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -170,6 +171,21 @@ class ShardWriter:
             for fd in self.fds:
                 os.close(fd)
             self.fds = []
+
+
+ATTEMPT_SUFFIX = ".incomplete"
+
+
+def attempt_path(folder: Path, filename: str) -> Path:
+    """A file of its own for one attempt at writing a shard, renamed to `filename` when complete
+    (backends whose tasks may run twice: an attempt given up for dead cannot touch another's)."""
+    return folder / f".{filename}.{uuid.uuid4().hex[:12]}{ATTEMPT_SUFFIX}"
+
+
+def remove_attempts(folder: Path) -> None:
+    """The files of attempts that never completed (their worker died; another attempt wrote the shard)."""
+    for path in folder.glob(f".*{ATTEMPT_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def slot_crc(path: Path, slot: ShardSlot, chunk: int = 64 * 2**20) -> int | None:

@@ -1,0 +1,226 @@
+"""`--executor ray` on the session's real cluster (a head and two one-CPU worker nodes): merges give
+the local backend's bytes, spread over the nodes, survive a killed worker and a killed driver, and
+a bad input fails as it does locally, leaving nothing behind."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from factory import build_model, resize_vocabulary, write_tokenizer
+from mergesmith.api import merge, merge_plan, plan
+from mergesmith.checkpoints import open_checkpoints
+from mergesmith.cli import main
+from mergesmith.demo import SEED_MODEL, build_demo_model, seed_recipe_text
+from mergesmith.errors import CheckpointError
+from mergesmith.execute import MergeOptions
+
+ray = pytest.importorskip("ray")
+
+HOOKS = Path(__file__).resolve().parent / "hooks"
+SHARD_BYTES = 20_000  # four or more shards per merge of the small models: both nodes get work
+TIES = (
+    "models:\n  - {model: ft1, parameters: {weight: 0.6, density: 0.5}}\n"
+    "  - {model: ft2, parameters: {weight: 0.4, density: 0.7}}\nbase_model: base\nmerge_method: ties\n"
+    "dtype: bfloat16\n"
+)
+UNION = (
+    "models:\n  - {model: chat, parameters: {weight: 0.6, density: 0.5}}\n"
+    "  - {model: ft1, parameters: {weight: 0.4, density: 0.5}}\nbase_model: base\nmerge_method: ties\n"
+    "tokenizer: {source: union, pad_to_multiple_of: 64}\nchat_template: chatml\n"
+)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ray-models")
+    base = write_tokenizer(build_model(folder / "base", layers=4, vocab=64, seed=1))
+    return {
+        SEED_MODEL: build_demo_model(folder / "fimbulvetr"),
+        "base": base,
+        "ft1": write_tokenizer(build_model(folder / "ft1", layers=4, vocab=64, seed=2)),
+        "ft2": build_model(folder / "ft2", layers=4, vocab=64, seed=3),
+        "chat": write_tokenizer(
+            resize_vocabulary(base, folder / "chat", 66, seed=4), added=("<|im_start|>", "<|im_end|>")
+        ),
+    }
+
+
+def same_folders(a: Path, b: Path) -> list[str]:
+    """Names of the files that differ (or exist in one folder only); [] when every byte agrees."""
+    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
+    return [n for n in names if not ((a / n).is_file() and (b / n).is_file() and filecmp.cmp(a / n, b / n, False))]
+
+
+def write_recipe(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, text", [("seed", None), ("ties", TIES), ("union", UNION)], ids=["seed", "ties", "union"]
+)
+def test_the_ray_backend_writes_the_local_backends_bytes_on_both_nodes(ray_cluster, models, tmp_path, name, text):
+    recipe = write_recipe(tmp_path, text or seed_recipe_text())
+    options = MergeOptions(out_shard_bytes=240_000 if name == "seed" else SHARD_BYTES, random_seed=3)
+    local = merge(recipe, tmp_path / "local", model_paths=models, options=options)
+    remote = merge(
+        recipe, tmp_path / "ray", model_paths=models, options=MergeOptions(**{**options.__dict__, "executor": "ray"})
+    )
+    assert len(local.shards) > 2 and remote.shards == local.shards
+    assert same_folders(tmp_path / "local", tmp_path / "ray") == []
+    nodes = {result.node for result in remote.shard_results}
+    assert nodes == set(ray_cluster.worker_node_ids)  # spread over both; none on the head (no CPUs)
+    assert all(r.digest and r.bytes_written > 0 for r in remote.shard_results)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging, lock or attempt files
+
+
+def test_a_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_bytes_are_the_same(ray_cluster, models, tmp_path):
+    recipe = write_recipe(tmp_path, TIES)
+    options = MergeOptions(out_shard_bytes=SHARD_BYTES, random_seed=3)
+    merge(recipe, tmp_path / "local", model_paths=models, options=options)
+    gate = tmp_path / "gate" / "open"
+    gate.parent.mkdir()
+    # A job of its own whose workers wait at their first shard write until the gate opens.
+    ray.shutdown()
+    ray.init(
+        address=ray_cluster.address,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={
+            "worker_process_setup_hook": "gate_hook.install",
+            "env_vars": {"MERGESMITH_TEST_GATE": str(gate), "PYTHONPATH": os.pathsep.join([str(HOOKS), *sys.path])},
+        },
+    )
+    try:
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["report"] = merge(
+                    recipe, tmp_path / "ray", model_paths=models,
+                    options=MergeOptions(out_shard_bytes=SHARD_BYTES, random_seed=3, executor="ray"),
+                )  # fmt: skip
+            except BaseException as err:  # noqa: BLE001 - handed to the test thread
+                outcome["error"] = err
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        waiting = wait_for(lambda: sorted(gate.parent.glob("waiting-*")), what="a worker at the gate")
+        victim = int(waiting[0].name.removeprefix("waiting-"))
+        staging = tmp_path / ".ray.partial"
+        assert list(staging.glob(".model-*.incomplete"))  # mid-shard: attempt files hold their headers only
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie", what="the kill")
+        gate.touch()
+        thread.join(timeout=180)
+        assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    finally:
+        ray.shutdown()
+        ray.init(address=ray_cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+    assert same_folders(tmp_path / "local", tmp_path / "ray") == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_truncated_input_fails_in_its_task_as_it_does_locally_and_leaves_nothing(ray_cluster, models, tmp_path):
+    """The input is cut after the plan read its header: only a task reading it can find out."""
+    recipe = write_recipe(tmp_path, TIES)
+    planned = plan(recipe, model_paths=models)
+    checkpoints = open_checkpoints(list(planned.models), {m: models[m] for m in planned.models})
+    weights = models["ft2"] / "model.safetensors"
+    original = weights.read_bytes()
+    messages = {}
+    try:
+        weights.write_bytes(original[: len(original) // 2])
+        for executor in ("local", "ray"):
+            out = tmp_path / executor
+            with pytest.raises(CheckpointError) as raised:
+                merge_plan(planned, checkpoints, out, MergeOptions(out_shard_bytes=SHARD_BYTES, executor=executor))
+            messages[executor] = str(raised.value)
+            assert not out.exists()
+    finally:
+        weights.write_bytes(original)
+    assert "file ended early (truncated?)" in messages["ray"] and "Traceback" not in messages["ray"]
+    assert messages["ray"].split(": tensor")[0] == messages["local"].split(": tensor")[0]  # the file, named
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_merge_error_in_a_task_exits_1_with_the_local_message(ray_cluster, make_model, tmp_path, capsys):
+    """multislerp over a, -a and 0: the method's error, met in a task, through the command line."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    a = make_model("a", layers=1, dtype="F32", seed=7)
+    paths = {"a": a}
+    for name, change in (("neg", torch.neg), ("zero", torch.zeros_like)):
+        folder = tmp_path / "models" / name
+        folder.mkdir()
+        shutil.copy(a / "config.json", folder / "config.json")
+        save_file({k: change(v) for k, v in load_file(a / "model.safetensors").items()}, folder / "model.safetensors")
+        paths[name] = folder
+    recipe = write_recipe(
+        tmp_path,
+        "models: [{model: a, parameters: {weight: 0.3}}, {model: neg, parameters: {weight: 0.3}}, "
+        "{model: zero, parameters: {weight: 0.4}}]\nmerge_method: multislerp\n",
+    )
+    out = tmp_path / "out"
+    args = ["merge", str(recipe), str(out), "--executor", "ray", "--ray-address", ray_cluster.address]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + [f"--model-path={k}={v}" for k, v in paths.items()])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    assert "multislerp: the weighted sum of the models' directions is zero" in err
+    assert "hint: change the weights so they do not cancel, or merge these models with linear" in err
+    assert "Traceback" not in err and "ray::" not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, models, tmp_path):
+    recipe = write_recipe(tmp_path, TIES)
+    out = tmp_path / "out"
+    paths = [f"--model-path={k}={v}" for k, v in models.items()]
+    args = ["merge", str(recipe), str(out), "--executor", "ray", "--ray-address", ray_cluster.address,
+            "--out-shard-size", str(SHARD_BYTES // 4), "--random-seed", "3", *paths]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_cluster.auth_token}
+    driver = subprocess.Popen([sys.executable, "-m", "mergesmith.cli", "-q", *args], env=env, stderr=subprocess.PIPE)
+    journal = tmp_path / ".out.partial" / ".mergesmith-progress.jsonl"
+    try:
+        wait_for(lambda: journal.exists() and '"shard"' in journal.read_text(), what="a first verified shard")
+    finally:
+        driver.kill()
+        driver.wait()
+    assert not out.exists()
+    done = [json.loads(line)["shard"] for line in journal.read_text().splitlines()[1:]]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mergesmith.cli", "-v", *args, "--resume"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    kept = int(resumed.stderr.split("tensors and ")[1].split(" of ")[0])
+    assert kept >= len(done) >= 1
+    merge(recipe, tmp_path / "local", model_paths=models,
+          options=MergeOptions(out_shard_bytes=SHARD_BYTES // 4, random_seed=3))  # fmt: skip
+    assert same_folders(tmp_path / "local", out) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def wait_for(predicate, *, what: str, timeout_s: float = 120):
+    deadline = time.monotonic() + timeout_s
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)
+    return result
