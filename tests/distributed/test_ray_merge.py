@@ -224,3 +224,41 @@ def wait_for(predicate, *, what: str, timeout_s: float = 120):
             raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
         time.sleep(0.02)
     return result
+
+
+class RecordedEvents:
+    def __init__(self) -> None:
+        self.progress_bytes, self.tensors, self.shards = 0, [], []
+
+    def progress(self, nbytes: int) -> None:
+        self.progress_bytes += nbytes
+
+    def tensor_written(self, name: str, crc: int) -> None:
+        self.tensors.append(name)
+
+    def shard_written(self, result) -> None:
+        self.shards.append(result)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_backend_reports_every_byte_once_and_every_shard(ray_cluster, models, tmp_path, executor):
+    """The backend contract: progress adds up to the output's bytes (one bar across all tasks), each
+    shard is reported once, with a digest that matches its file where the backend computes one."""
+    from mergesmith.execute.run import run_plan
+    from mergesmith.output.shards import file_digest, layout_shards
+
+    planned = plan(write_recipe(tmp_path, TIES), model_paths=models)
+    checkpoints = open_checkpoints(list(planned.models), {m: models[m] for m in planned.models})
+    layout = layout_shards(planned.entries, SHARD_BYTES)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    events = RecordedEvents()
+    options = MergeOptions(executor=executor, out_shard_bytes=SHARD_BYTES)
+    results = run_plan(planned, checkpoints, folder, layout, options, seed=3, events=events)
+    assert events.progress_bytes == sum(e.nbytes for e in planned.entries)
+    assert sorted(r.filename for r in events.shards) == sorted(layout.filenames) == sorted(r.filename for r in results)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(layout.filenames)
+    for result in results:
+        assert result.digest == (file_digest(folder / result.filename) if executor == "ray" else None)
+    # the local backend journals each computed tensor; the ray backend resumes whole shards instead
+    assert sorted(events.tensors) == (sorted(e.output for e in planned.entries) if executor == "local" else [])

@@ -28,7 +28,7 @@ EXECUTE = (
     "mergesmith.vocabulary",  # the Vocabulary a plan carries, and align_rows: execution's side
 )
 WRITE = ("mergesmith.output",)
-ENTRY = ("mergesmith.api", "mergesmith.cli")
+ENTRY = ("mergesmith.api", "mergesmith.cli", "mergesmith.driver")
 
 
 @dataclass(frozen=True)

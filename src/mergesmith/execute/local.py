@@ -32,7 +32,10 @@ class LocalBackend:
         self.workers, self.max_memory_bytes = options.workers, options.max_memory_bytes
 
     def run(self, tasks: Sequence[ShardTask], events: Events) -> list[ShardResult]:
-        return self.write(tasks, [task.folder / task.shard.filename for task in tasks], events)
+        results = self.write(tasks, [task.folder / task.shard.filename for task in tasks], events)
+        for result in results:
+            events.shard_written(result)
+        return results
 
     def write(self, tasks: Sequence[ShardTask], paths: Sequence[Path], events: Events) -> list[ShardResult]:
         """Write each task's shard at the path given for it (another backend's tasks name a
