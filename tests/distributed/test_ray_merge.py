@@ -262,3 +262,19 @@ def test_a_backend_reports_every_byte_once_and_every_shard(ray_cluster, models, 
         assert result.digest == (file_digest(folder / result.filename) if executor == "ray" else None)
     # the local backend journals each computed tensor; the ray backend resumes whole shards instead
     assert sorted(events.tensors) == (sorted(e.output for e in planned.entries) if executor == "local" else [])
+
+
+def test_a_method_whose_result_depends_on_the_thread_count_gives_the_local_bytes(ray_cluster, make_model, tmp_path):
+    """karcher sums whole tensors: torch splits a large sum between its threads, and the rounding
+    follows the split. A Ray worker starts with one torch thread (Ray sets OMP_NUM_THREADS to the
+    task's CPUs); the local backend computes such methods with torch's default count."""
+    paths = {
+        name: make_model(name, layers=1, vocab=65536, dtype="F32", seed=seed) for name, seed in (("a", 1), ("b", 2))
+    }
+    recipe = write_recipe(tmp_path, "models: [{model: a}, {model: b}]\nmerge_method: karcher\n")
+    local = merge(recipe, tmp_path / "local", model_paths=paths, options=MergeOptions(out_shard_bytes=2**22))
+    remote = merge(
+        recipe, tmp_path / "ray", model_paths=paths, options=MergeOptions(out_shard_bytes=2**22, executor="ray")
+    )
+    assert remote.shards == local.shards
+    assert same_folders(tmp_path / "local", tmp_path / "ray") == []

@@ -104,6 +104,10 @@ def run_shard(task: ShardTask, options: MergeOptions, progress: Any) -> ShardRes
     final = task.folder / task.shard.filename
     attempt = attempt_path(task.folder, task.shard.filename)
     events = _TaskEvents(progress, task.shard.filename)
+    if task.settings.torch_threads is not None:  # the local backend's count for them (Ray sets 1)
+        import torch
+
+        torch.set_num_threads(task.settings.torch_threads)
     (local,) = LocalBackend(options).write([task], [attempt], events)
     events.flush()
     digest = file_digest(attempt)

@@ -17,6 +17,7 @@ from mergesmith.execute.backend import Events, get_backend
 from mergesmith.execute.options import MergeOptions
 from mergesmith.execute.routes import needs_torch
 from mergesmith.execute.tasks import ShardResult, ShardTask, TaskSettings, build_tasks
+from mergesmith.methods import get_method
 from mergesmith.output.shards import ShardLayout
 from mergesmith.plan import Plan, Route
 
@@ -61,6 +62,7 @@ def run_plan(
         sync=options.sync,
         vocabulary=plan.vocabulary,
         vocabulary_base=plan.base_model,
+        torch_threads=_torch_threads(plan),
     )
     backend = get_backend(options)
     tasks = [
@@ -69,6 +71,16 @@ def run_plan(
         if task.shard.filename not in resume.shards
     ]
     return backend.run(tasks, events)
+
+
+def _torch_threads(plan: Plan) -> int | None:
+    """This process's torch thread count when some entry's result depends on it (the local backend
+    computes such methods with it), else None (torch is then not imported for it)."""
+    if not any(get_method(e.method)[0].threads_change_result for e in plan.entries if needs_torch(e)):
+        return None
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _without_done(task: ShardTask, resume: Resume) -> ShardTask:

@@ -31,6 +31,10 @@ class TaskSettings:
     sync: bool  # fsync the shard before reporting it complete
     vocabulary: Vocabulary | None = None  # for VOCABULARY-routed entries
     vocabulary_base: str | None = None  # the model whose rows fill tokens others lack
+    # torch's thread count in the driver, for methods whose result depends on it (a sum split
+    # between threads rounds by the split); a task run in another process (a Ray worker starts
+    # with one thread) computes them with it. None: no entry's method depends on it.
+    torch_threads: int | None = None
 
 
 @dataclass(frozen=True)
