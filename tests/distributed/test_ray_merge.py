@@ -278,3 +278,37 @@ def test_a_method_whose_result_depends_on_the_thread_count_gives_the_local_bytes
     )
     assert remote.shards == local.shards
     assert same_folders(tmp_path / "local", tmp_path / "ray") == []
+
+
+def test_a_resume_refused_for_its_ray_address_keeps_the_interrupted_merge(models, tmp_path, capsys):
+    """An unreachable --ray-address (a typo) is refused before the interrupted merge's staging
+    folder is touched: its journal and shards are still there for the corrected command."""
+    import socket
+
+    recipe = write_recipe(tmp_path, TIES)
+    out = tmp_path / "out"
+    paths = [f"--model-path={k}={v}" for k, v in models.items()]
+    args = ["merge", str(recipe), str(out), "--out-shard-size", str(SHARD_BYTES), "--random-seed", "3", *paths]
+    # a merge that dies (as if killed) once it has journaled its first computed tensor
+    killed = (
+        "import os, sys, mergesmith.driver as d\n"
+        "record = d._Events.tensor_written\n"
+        "d._Events.tensor_written = lambda self, n, c: (record(self, n, c), os._exit(9))\n"
+        "from mergesmith.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    died = subprocess.run([sys.executable, "-c", killed, "-q", *args, "--workers", "1"], capture_output=True, text=True)
+    assert died.returncode == 9, died.stderr
+    staging = tmp_path / ".out.partial"
+    journal = staging / ".mergesmith-progress.jsonl"
+    before = {p.name: p.read_bytes() for p in staging.iterdir()}
+    assert len(journal.read_text().splitlines()) == 2  # the header and one tensor
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert exit_info.value.code == 1
+    assert "nothing answers there" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in staging.iterdir()} == before
+    assert not out.exists()

@@ -23,7 +23,7 @@ from mergesmith.errors import ClusterError, MergesmithError
 from mergesmith.execute.backend import Events
 from mergesmith.execute.local import LocalBackend
 from mergesmith.execute.options import MergeOptions
-from mergesmith.execute.ray_cluster import check_gpus, import_ray, ray_session, start_progress
+from mergesmith.execute.ray_cluster import check_gpus, check_reachable, import_ray, ray_session, start_progress
 from mergesmith.execute.tasks import ShardResult, ShardTask
 from mergesmith.output.shards import attempt_path, file_digest
 from mergesmith.plan import Route
@@ -40,6 +40,8 @@ class RayBackend:
 
     def __init__(self, options: MergeOptions) -> None:
         import_ray()  # a clear error now if Ray is not installed
+        if options.executor_address is not None:  # and if nothing answers at the address
+            check_reachable(options.executor_address)
         self.options = options
 
     def run(self, tasks: Sequence[ShardTask], events: Events) -> list[ShardResult]:

@@ -73,6 +73,13 @@ def run_plan(
     return backend.run(tasks, events)
 
 
+def check_executor(options: MergeOptions) -> None:
+    """Refuse an executor that cannot run (Ray not installed, nothing at --ray-address) before the
+    driver takes OUT's staging folder: an error inside it removes the folder, and with --resume
+    that would be the interrupted merge's verified work."""
+    get_backend(with_workers(options))
+
+
 def _torch_threads(plan: Plan) -> int | None:
     """This process's torch thread count when some entry's result depends on it (the local backend
     computes such methods with it), else None (torch is then not imported for it)."""
