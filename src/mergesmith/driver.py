@@ -26,7 +26,7 @@ from mergesmith.output.card import model_card
 from mergesmith.output.files import write_output_files
 from mergesmith.output.folder import STAGING_MARKER, staging_folder
 from mergesmith.output.journal import Journal
-from mergesmith.output.shards import ShardLayout, file_digest, layout_shards, remove_attempts
+from mergesmith.output.shards import ShardLayout, file_digest, layout_shards, remove_strays
 from mergesmith.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def merge_plan(
             ok = True
         finally:
             journal.close(keep=not ok)
-        remove_attempts(folder)
+        remove_strays(folder, layout)
         card = model_card(plan, random_seed=journal.seed if is_random else None)
         write_output_files(folder, plan, layout, {k: v for k, v in copied.items() if v is not None}, card)
         files = tuple(sorted(p.name for p in folder.iterdir() if p.name != STAGING_MARKER))

@@ -168,3 +168,29 @@ def test_a_killed_scaling_passthrough_journals_nothing_and_resumes_exactly(model
     assert result.returncode == 0, err
     assert "resuming: 0 of" in err
     assert digests(out) == digests(reference) and not partial_folder(out).exists()
+
+
+def test_a_resume_with_another_shard_size_leaves_none_of_the_killed_merges_shards(models, tmp_path: Path) -> None:
+    """--resume with another --out-shard-size is another merge: it starts over in the same staging
+    folder, and the killed merge's shards (other names, half written) must not end up in OUT."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    reference = tmp_path / "reference"
+    merge(recipe, reference, model_paths=models, options=MergeOptions(random_seed=11))
+    out = tmp_path / "out"
+    paths = [arg for name, folder in models.items() for arg in ("--model-path", f"{name}={folder}")]
+    args = ["merge", str(recipe), str(out), "--random-seed", "11", *paths]
+    dies = (  # a merge that dies (as if killed) once it has journaled its first computed tensor
+        "import os, sys, mergesmith.driver as d\n"
+        "record = d._Events.tensor_written\n"
+        "d._Events.tensor_written = lambda self, n, c: (record(self, n, c), os._exit(9))\n"
+        "from mergesmith.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", dies, "-q", *args, "--out-shard-size", "20M"], capture_output=True)
+    assert killed.returncode == 9, killed.stderr
+    assert len(list(partial_folder(out).glob("model-*-of-*.safetensors"))) > 1
+    resumed = subprocess.run([sys.executable, "-m", "mergesmith.cli", "-v", *args, "--resume"], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert digests(out) == digests(reference)

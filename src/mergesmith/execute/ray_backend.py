@@ -99,7 +99,7 @@ def _result(ray, ref, task: ShardTask) -> ShardResult:
 def run_shard(task: ShardTask, options: MergeOptions, progress: Any) -> ShardResult:
     """In a Ray worker: write one shard under a name of this attempt's own, rename it when
     complete, and return its digest. A killed attempt leaves only its own file behind (the driver
-    removes it: output.shards.remove_attempts); an attempt the cluster wrongly gave up for dead
+    removes it: output.shards.remove_strays); an attempt the cluster wrongly gave up for dead
     cannot touch another's file."""
     ray = import_ray()
     started = time.time()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 import zlib
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from mergesmith.checkpoints.names import shard_name
 from mergesmith.errors import MergesmithError
-from mergesmith.output.folder import write_error
+from mergesmith.output.folder import STAGING_MARKER, write_error
 
 
 class TensorSlotSpec(Protocol):
@@ -182,10 +183,19 @@ def attempt_path(folder: Path, filename: str) -> Path:
     return folder / f".{filename}.{uuid.uuid4().hex[:12]}{ATTEMPT_SUFFIX}"
 
 
-def remove_attempts(folder: Path) -> None:
-    """The files of attempts that never completed (their worker died; another attempt wrote the shard)."""
-    for path in folder.glob(f".*{ATTEMPT_SUFFIX}"):
-        path.unlink(missing_ok=True)
+def remove_strays(folder: Path, layout: ShardLayout) -> None:
+    """Everything in the staging folder but its marker and the layout's shards: the files of
+    attempts that never completed (their worker died; another attempt wrote the shard), and the
+    files of an interrupted merge that a --resume with other options started over from (its
+    shards, half written, have other names when the layout changed)."""
+    keep = {*layout.filenames, STAGING_MARKER}
+    for path in folder.iterdir():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def slot_crc(path: Path, slot: ShardSlot, chunk: int = 64 * 2**20) -> int | None:
