@@ -4,6 +4,7 @@ a bad input fails as it does locally, leaving nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import json
 import logging
@@ -312,3 +313,40 @@ def test_a_resume_refused_for_its_ray_address_keeps_the_interrupted_merge(models
     assert "nothing answers there" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in staging.iterdir()} == before
     assert not out.exists()
+
+
+def _with_int_buffer(folder: Path) -> Path:
+    """The model with an integer buffer added (equal in every model: it is copied)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.position_ids"] = torch.arange(40, dtype=torch.int64).reshape(1, 40)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("case", ["bin", "sharded-cast", "truncate", "dare", "int-buffer"])
+def test_each_kind_of_input_and_route_gives_the_local_bytes(ray_cluster, make_model, tmp_path, case):
+    kwargs = {"bin": {"fmt": "bin"}, "sharded-cast": {"dtype": "F32", "max_shard_bytes": 20_000}}.get(case, {})
+    a = make_model("a", layers=2, vocab=64, seed=1, **kwargs)
+    b = make_model("b", layers=2, vocab=66 if case == "truncate" else 64, seed=2, **kwargs)
+    if case == "int-buffer":
+        a, b = _with_int_buffer(a), _with_int_buffer(b)
+    method = "dare_ties\nbase_model: a" if case == "dare" else "linear"
+    params = "{weight: 0.5, density: 0.6}" if case == "dare" else "{weight: 0.5}"
+    recipe = write_recipe(
+        tmp_path, f"models: [{{model: a, parameters: {params}}}, {{model: b, parameters: {params}}}]\n"
+        f"merge_method: {method}\ndtype: bfloat16\n",
+    )  # fmt: skip
+    truncate = case == "truncate"
+    options = MergeOptions(out_shard_bytes=SHARD_BYTES, random_seed=5)
+    merge(
+        recipe, tmp_path / "local", model_paths={"a": a, "b": b}, options=options, unsafe_truncate_embeddings=truncate
+    )
+    merge(
+        recipe, tmp_path / "ray", model_paths={"a": a, "b": b},
+        options=dataclasses.replace(options, executor="ray"), unsafe_truncate_embeddings=truncate,
+    )  # fmt: skip
+    assert same_folders(tmp_path / "local", tmp_path / "ray") == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
