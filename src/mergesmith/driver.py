@@ -76,7 +76,12 @@ def merge_plan(
                     journal.seed,
                 )
             resume = _resume(journal, folder, layout, len(plan.entries), options.resume)
-            remaining = sum(e.nbytes for e in plan.entries if e.output not in resume.tensors)
+            remaining = sum(
+                e.nbytes
+                for e in plan.entries
+                if e.output not in resume.tensors
+                and layout.filenames[layout.slots[e.output].shard] not in resume.shards
+            )
             with _progress(remaining, options.progress) as bar:
                 results = run_plan(
                     plan,

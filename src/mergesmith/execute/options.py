@@ -27,4 +27,4 @@ class MergeOptions:
     device: str = "cpu"
     resume: bool = False  # continue the interrupted merge into the same OUT, keeping its verified work
     executor: str = "local"  # the backend that runs the tasks: see execute/backend.py
-    executor_address: str | None = None  # the cluster a distributed backend joins (Ray: ray://host:10001)
+    executor_address: str | None = None  # the cluster a distributed backend joins (Ray: the GCS's host:port)

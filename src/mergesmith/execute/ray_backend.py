@@ -25,7 +25,7 @@ from mergesmith.execute.local import LocalBackend
 from mergesmith.execute.options import MergeOptions
 from mergesmith.execute.ray_cluster import check_gpus, check_reachable, import_ray, ray_session, start_progress
 from mergesmith.execute.tasks import ShardResult, ShardTask
-from mergesmith.output.shards import attempt_path, file_digest
+from mergesmith.output.shards import attempt_path, file_digest, writing
 from mergesmith.plan import Route
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class RayBackend:
             num_cpus=1, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD"
         )
         options = dataclasses.replace(self.options, executor="local")
+        if gpus:  # Ray gives a task its GPU as the only one the worker sees: cuda:N would not exist there
+            tasks = [dataclasses.replace(t, settings=dataclasses.replace(t.settings, device="cuda")) for t in tasks]
         refs = [remote.remote(task, options, progress) for task in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
         results: dict[int, ShardResult] = {}
@@ -115,7 +117,8 @@ def run_shard(task: ShardTask, options: MergeOptions, progress: Any) -> ShardRes
     digest = file_digest(attempt)
     if digest is None:
         raise ClusterError(f"{attempt}: the shard just written cannot be read back")
-    os.replace(attempt, final)
+    with writing(final):
+        os.replace(attempt, final)
     node = ray.get_runtime_context().get_node_id()
     return dataclasses.replace(local, digest=digest, node=node, started_s=started, finished_s=time.time())
 
