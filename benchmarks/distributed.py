@@ -153,9 +153,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--project-only", action="store_true")
     parser.add_argument("--core-rate", type=float, help="bytes/s of output per core, for --project-only")
+    parser.add_argument("--start-s", type=float, default=6.3, help="Ray's start and stop, for --project-only")
     args = parser.parse_args()
     if args.project_only:
-        project(args.core_rate or 15e6, 10.0)
+        project(args.core_rate or 15e6, args.start_s)
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mergesmith-distributed-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -200,7 +201,13 @@ def main() -> None:
         f"model ({concurrency} tasks at once on {here.cores_per_node} cores, {core_rate / 1e6:.1f} MB/s per core): "
         f"task {max(model['task compute s'], model['task I/O s']):.2f} s, span {model['span s']:.2f} s"
     )
-    project(core_rate, ray_wall - span)
+    # What a Ray task really computed per core (its own process, sharing the cores with the raylet,
+    # the GCS and the driver): the rate the projection uses, the more cautious of the two.
+    task_rate = statistics.median(
+        r["bytes_written"] / (r["finished_s"] - r["started_s"]) for r in reports["ray"]["shard_results"]
+    ) / (here.cores_per_node / concurrency)
+    print(f"a Ray task's own rate: {task_rate / 1e6:.1f} MB/s per core")
+    project(min(core_rate, task_rate), ray_wall - span)
 
 
 if __name__ == "__main__":
