@@ -18,6 +18,8 @@ AUTH_TOKEN = secrets.token_hex(32)  # Ray's own format (authentication_token_gen
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = AUTH_TOKEN
 os.environ.pop("RAY_ADDRESS", None)  # ray.init() would join that cluster instead of the tests' own
+# Ray would replace builtins.print in this process (the driver), changing what later tests pickle
+os.environ["RAY_TQDM_PATCH_PRINT"] = "0"
 
 
 WORKER_NODES = 2

@@ -28,6 +28,7 @@ from mergesmith.errors import CheckpointError
 from mergesmith.execute import MergeOptions
 
 ray = pytest.importorskip("ray")
+PRINT = print  # Ray replaces builtins.print in a driver unless told not to
 
 HOOKS = Path(__file__).resolve().parent / "hooks"
 SHARD_BYTES = 20_000  # four or more shards per merge of the small models: both nodes get work
@@ -85,6 +86,9 @@ def test_the_ray_backend_writes_the_local_backends_bytes_on_both_nodes(ray_clust
     nodes = {result.node for result in remote.shard_results}
     assert nodes == set(ray_cluster.worker_node_ids)  # spread over both; none on the head (no CPUs)
     assert all(r.digest and r.bytes_written > 0 for r in remote.shard_results)
+    import builtins
+
+    assert builtins.print is PRINT
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging, lock or attempt files
 
 

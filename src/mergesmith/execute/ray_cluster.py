@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 def import_ray() -> Any:
     """The ray module, or an UnsupportedError saying how to install it."""
+    # Ray replaces builtins.print in a driver that receives a worker's log lines; a merge run from a
+    # user's program must not change its print
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     try:
         import ray
     except ImportError as err:

@@ -102,12 +102,19 @@ class Journal:
         return verified
 
     def verified_shards(self, folder: Path, layout: ShardLayout) -> dict[str, str]:
-        """The listed shards whose file still has its digest: filename -> SHA-256."""
-        return {
-            name: digest
-            for name, digest in self.done_shards.items()
-            if name in layout.filenames and file_digest(folder / name) == digest
-        }
+        """The listed shards whose file still has its digest, and this layout's size and header
+        (a record edited to match other bytes still cannot keep a shard of another shape):
+        filename -> SHA-256."""
+        kept = {}
+        for name, digest in self.done_shards.items():
+            if name not in layout.filenames:
+                continue
+            index = layout.filenames.index(name)
+            if _has_layout(folder / name, layout.sizes[index], layout.headers[index]) and (
+                file_digest(folder / name) == digest
+            ):
+                kept[name] = digest
+        return kept
 
     def record(self, name: str, crc: int) -> None:
         self._append({"tensor": name, "crc32": crc})
@@ -144,3 +151,11 @@ def _no_constant(name: str) -> None:
 def _is_int(value: object, low: int, high: int) -> bool:
     """A JSON integer (not a boolean) in [low, high)."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _has_layout(path: Path, size: int, header: bytes) -> bool:
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as file:
+            return os.fstat(file.fileno()).st_size == size and file.read(len(header)) == header
+    except OSError:
+        return False
