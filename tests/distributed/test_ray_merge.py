@@ -194,7 +194,9 @@ def test_a_merge_error_in_a_task_exits_1_with_the_local_message(ray_cluster, mak
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, models, tmp_path):
+@pytest.mark.parametrize("resume_with", ["ray", "local"])
+def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, models, tmp_path, resume_with):
+    """Killed after its first verified shard, and resumed on the cluster or on this machine alone."""
     recipe = write_recipe(tmp_path, TIES)
     out = tmp_path / "out"
     paths = [f"--model-path={k}={v}" for k, v in models.items()]
@@ -210,8 +212,13 @@ def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, m
         driver.wait()
     assert not out.exists()
     done = [json.loads(line)["shard"] for line in journal.read_text().splitlines()[1:]]
+    again = (
+        args
+        if resume_with == "ray"
+        else [a for a in args if a not in ("--executor", "ray", "--ray-address", ray_cluster.address)]
+    )
     resumed = subprocess.run(
-        [sys.executable, "-m", "mergesmith.cli", "-v", *args, "--resume"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "mergesmith.cli", "-v", *again, "--resume"], env=env, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     kept = int(resumed.stderr.split("tensors and ")[1].split(" of ")[0])

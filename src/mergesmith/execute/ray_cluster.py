@@ -81,8 +81,8 @@ def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
             f"--ray-address {address}: not host:port",
             hint="give the head node's GCS address as printed by `ray start --head`, e.g. 10.0.0.5:6379",
         )
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    try:  # an IPv6 address is written [::1]:6379; the socket takes it without brackets
+        socket.create_connection((host.removeprefix("[").removesuffix("]"), int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise ClusterError(
             f"--ray-address {address}: nothing answers there ({err.strerror or err})",
