@@ -29,8 +29,13 @@ from mergesmith.vocabulary import Vocabulary
 log = logging.getLogger(__name__)
 
 
-def output_config(donor: Checkpoint, has_head: bool, layer_sources: list[int], dtype: str | None) -> dict[str, Any]:
-    """The donor's config with the output's layer count, per-layer lists, tie flag and dtype."""
+def output_config(
+    donor: Checkpoint, writes_tied_target: bool, layer_sources: list[int], dtype: str | None
+) -> dict[str, Any]:
+    """The donor's config with the output's layer count, per-layer lists, tie flag and dtype.
+
+    `writes_tied_target`: the output holds a tensor that the architecture ties to the input
+    embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight."""
     config = copy.deepcopy(donor.config)
     for part in config_parts(config):
         for key in LAYER_COUNT_KEYS:
@@ -41,8 +46,9 @@ def output_config(donor: Checkpoint, has_head: bool, layer_sources: list[int], d
             if isinstance(values, list) and len(values) == donor.layout.count:
                 part[key] = [values[i] for i in layer_sources]
         if "tie_word_embeddings" in part or part is config:
-            # Never claim a tie that the tensors contradict: no lm_head written means tied.
-            part["tie_word_embeddings"] = not has_head
+            # Never claim a tie that the tensors contradict: a written tied tensor means untied (a
+            # tie would drop it); none written means tied (else transformers initialises it at random).
+            part["tie_word_embeddings"] = not writes_tied_target
     if dtype:
         for key in [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]:
             config[key] = config_name(dtype)

@@ -16,8 +16,9 @@ from typing import Any
 
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.names import is_head, is_vocabulary_tensor
+from mergesmith.checkpoints.names import is_vocabulary_tensor
 from mergesmith.checkpoints.safetensors_file import TensorInfo
+from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
 from mergesmith.errors import PlanError, RecipeError, UnsupportedError
@@ -198,9 +199,8 @@ def plan_merge(
 
     donor = recipe.base_model or recipe.referenced_models()[0]
     entries = tuple(builder.entries)
-    config = metadata.output_config(
-        checkpoints[donor], any(is_head(e.output) for e in entries), layer_sources, out_dtype or load_dtype
-    )
+    tied_written = writes_tied_target(checkpoints[donor].config, (e.output for e in entries)) is not None
+    config = metadata.output_config(checkpoints[donor], tied_written, layer_sources, out_dtype or load_dtype)
     if builder.truncated_rows is not None and "vocab_size" in config:
         config = {**config, "vocab_size": builder.truncated_rows}  # as the cut tensors have it
     generation = None

@@ -17,11 +17,11 @@ from mergesmith.checkpoints.names import (
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
     config_parts,
-    is_head,
     is_vocabulary_tensor,
 )
 from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.safetensors_file import TensorInfo, piece_spans, read_header, read_range
+from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
 from mergesmith.errors import CheckpointError
 from mergesmith.plan import Plan
@@ -165,12 +165,14 @@ def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyRepo
     vocab = next((p["vocab_size"] for p in reversed(parts) if isinstance(p.get("vocab_size"), int)), None)
     if rows is not None and vocab is not None and rows != vocab:
         report.problems.append(f"{CONFIG}: vocab_size is {vocab}, {embeddings[0]} has {rows} rows")
-    has_head = any(is_head(n) for n in infos)
+    tied_written = writes_tied_target(config, infos)  # the same rule as the plan's (metadata.output_config)
     tied = config.get("tie_word_embeddings")
-    if tied is True and has_head:
-        report.problems.append(f"{CONFIG}: tie_word_embeddings is true, but the weights hold an lm_head")
-    if tied is False and not has_head and embeddings:
-        report.problems.append(f"{CONFIG}: tie_word_embeddings is false, but the weights hold no lm_head")
+    if tied is True and tied_written is not None:
+        report.problems.append(
+            f"{CONFIG}: tie_word_embeddings is true, but the weights hold {tied_written}, which the tie replaces"
+        )
+    if tied is False and tied_written is None and embeddings:
+        report.problems.append(f"{CONFIG}: tie_word_embeddings is false, but the weights hold no output embedding")
 
 
 def _check_against_plan(plan: Plan, infos: dict[str, TensorInfo], report: VerifyReport) -> None:

@@ -83,7 +83,7 @@ def edit_json(path: Path, change) -> None:
         ),
         (
             lambda out: edit_json(out / "config.json", lambda c: c.update(tie_word_embeddings=True)),
-            "config.json: tie_word_embeddings is true, but the weights hold an lm_head",
+            "config.json: tie_word_embeddings is true, but the weights hold lm_head.weight, which the tie replaces",
         ),
         (lambda out: (out / "config.json").unlink(), "config.json: missing"),
         (

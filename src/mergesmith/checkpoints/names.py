@@ -16,6 +16,19 @@ PRE_LAYER_MARKERS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddi
 # The output projection of a causal LM; absent when it is tied to the input embeddings.
 HEAD_PREFIXES = ("lm_head.", "embed_out.")
 
+# Tensors that `tie_word_embeddings: true` replaces with the input embeddings, used when transformers
+# cannot name them for the config's architecture (checkpoints/ties.py asks it first). Each is a key
+# of a transformers class's `_tied_weights_keys`, or that key in an older checkpoint layout.
+TIED_OUTPUT_NAMES = (
+    "lm_head.weight",  # LlamaForCausalLM, MistralForCausalLM, GPT2LMHeadModel, LlavaForConditionalGeneration ...
+    "embed_out.weight",  # GPTNeoXForCausalLM checkpoints (Pythia) name the head embed_out
+    "language_model.lm_head.weight",  # LLaVA checkpoints saved before transformers 4.52
+    "lm_head.decoder.weight",  # RobertaForMaskedLM, RobertaForCausalLM (tied to word_embeddings)
+    "lm_head.decoder.bias",  # ... and its bias, tied to lm_head.bias
+    "cls.predictions.decoder.weight",  # BertForMaskedLM, BertLMHeadModel, BertForPreTraining
+    "cls.predictions.decoder.bias",  # ... and its bias, tied to cls.predictions.bias
+)
+
 # Tensors whose rows are tokens: input embeddings and the output projection.
 VOCABULARY_MARKERS = ("embed_tokens", "wte", "word_embeddings")
 
