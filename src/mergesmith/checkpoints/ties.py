@@ -1,5 +1,6 @@
 """Which tensors `tie_word_embeddings` replaces: the architecture's own declaration in transformers
-(a class's `_tied_weights_keys`, target -> source), else the name table in names.py.
+(a class's `_tied_weights_keys`, target -> source, read from its source file), and the name table
+in names.py (older layouts, and transformers absent or without the class).
 
 The tie flag a folder may claim follows from them: tied only when none of them is written, since
 transformers then drops a written one (or, untied, initialises a missing one at random).
@@ -7,9 +8,12 @@ transformers then drops a written one (or, untied, initialises a missing one at 
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from mergesmith.checkpoints.names import TIED_OUTPUT_NAMES
@@ -24,8 +28,8 @@ _PLAIN_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]+\.(weight|bias)$")
 def tied_targets(config: dict[str, Any]) -> frozenset[str]:
     """The tensor names tied to the input embeddings (or to their bias) in `config`'s architecture.
 
-    >>> sorted(tied_targets({"architectures": ["LlamaForCausalLM"]}))[-1]
-    'lm_head.weight'
+    >>> "lm_head.decoder.weight" in tied_targets({"architectures": ["RobertaForMaskedLM"], "model_type": "roberta"})
+    True
     """
     # The table's older layouts stay in: transformers renames them on load (conversion_mapping.py),
     # so a checkpoint may still carry them under the old name.
@@ -39,20 +43,47 @@ def writes_tied_target(config: dict[str, Any], names: Iterable[str]) -> str | No
 
 
 def _declared_targets(config: dict[str, Any]) -> frozenset[str]:
-    architectures = config.get("architectures")
-    if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
+    architectures, model_type = config.get("architectures"), config.get("model_type")
+    if not (isinstance(architectures, list) and architectures and isinstance(architectures[0], str)):
         return frozenset()
+    if not isinstance(model_type, str) or not re.fullmatch(r"[a-z0-9_-]+", model_type):
+        return frozenset()
+    declared = _class_attribute(_modeling_file(model_type.replace("-", "_")), architectures[0], "_tied_weights_keys")
+    # transformers 5 declares {target: source}; transformers 4, a list of targets
+    keys = declared if isinstance(declared, (dict, list, tuple)) else ()
+    return frozenset(k for k in keys if isinstance(k, str) and _PLAIN_TENSOR_NAME.match(k))
+
+
+def _modeling_file(model_type: str) -> Path | None:
+    """transformers/models/<model_type>/modeling_<model_type>.py, found without importing
+    transformers: that would cost a second, and its model modules import torch (planning does not)."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "models" / model_type / f"modeling_{model_type}.py"
+    return path if path.is_file() else None
+
+
+def _class_attribute(path: Path | None, class_name: str, attribute: str) -> Any:
+    """A literal class attribute read from source, following base classes defined in the same file."""
+    if path is None:
+        return None
     try:
-        import transformers
-    except ImportError:
-        return frozenset()
-    try:  # the class attribute only: building a model would read no less than its whole config
-        declared = getattr(getattr(transformers, architectures[0]), "_tied_weights_keys", None)
-    except (AttributeError, ImportError, RuntimeError) as err:  # unknown class, or its extra is missing
-        log.debug("transformers has no class %s (%s); tied tensors come from the name table", architectures[0], err)
-        return frozenset()
-    if isinstance(declared, dict):  # transformers 5: target -> source
-        return frozenset(k for k in declared if isinstance(k, str) and _PLAIN_TENSOR_NAME.match(k))
-    if isinstance(declared, (list, tuple)):  # transformers 4: a list of targets
-        return frozenset(k for k in declared if isinstance(k, str) and _PLAIN_TENSOR_NAME.match(k))
-    return frozenset()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError) as err:
+        log.debug("cannot read %s (%s); tied tensors come from the name table", path, err)
+        return None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    seen: set[str] = set()
+    while class_name in classes and class_name not in seen:
+        seen.add(class_name)
+        node = classes[class_name]
+        for statement in node.body:
+            targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == attribute for t in targets) and statement.value is not None:
+                try:
+                    return ast.literal_eval(statement.value)
+                except ValueError:
+                    return None
+        class_name = next((b.id for b in node.bases if isinstance(b, ast.Name) and b.id in classes), "")
+    return None
