@@ -107,9 +107,7 @@ def _state_shapes(config) -> list[tuple[str, tuple[int, ...]]]:
     with torch.device("meta"):
         model = _model_class(config.model_type)._from_config(config)
     state = model.state_dict()
-    tied = set()
-    if getattr(config, "tie_word_embeddings", False):
-        tied = {name for name in state if name.startswith("lm_head.")}
+    tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
     return [(name, tuple(t.shape)) for name, t in state.items() if name not in tied]
 
 
