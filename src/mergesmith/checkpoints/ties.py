@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # A declared key that names one tensor, not a regex or a module (transformers' own test, in
 # PreTrainedModel.get_expanded_tied_weights_keys).
 _PLAIN_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.]+\.(weight|bias)$")
+_INPUT_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|embed_in|wte|word_embeddings)\.weight$")
 
 
 def tied_targets(config: dict[str, Any]) -> frozenset[str]:
@@ -32,8 +33,11 @@ def tied_targets(config: dict[str, Any]) -> frozenset[str]:
     True
     """
     # The table's older layouts stay in: transformers renames them on load (conversion_mapping.py),
-    # so a checkpoint may still carry them under the old name.
-    return frozenset(TIED_OUTPUT_NAMES) | _declared_targets(config)
+    # so a checkpoint may still carry them under the old name. Input embeddings a class also ties
+    # (T5's encoder and decoder embed_tokens, to `shared`) are the same tensor whatever the flag
+    # says: the flag is about the output embedding, so they do not decide it.
+    declared = {name for name in _declared_targets(config) if not _INPUT_EMBEDDING.search(name)}
+    return frozenset(TIED_OUTPUT_NAMES) | declared
 
 
 def writes_tied_target(config: dict[str, Any], names: Iterable[str]) -> str | None:

@@ -28,7 +28,15 @@ def test_declared_targets_are_the_class_attribute(name, model_type):
     declared = getattr(transformers, name)._tied_weights_keys
     config = {"architectures": [name], "model_type": model_type}
     assert ties._declared_targets(config) == frozenset(declared)
-    assert tied_targets(config) == frozenset(declared) | frozenset(TIED_OUTPUT_NAMES)
+    outputs = {key for key in declared if not key.endswith("embed_tokens.weight")}  # T5 ties its inputs too
+    assert tied_targets(config) == frozenset(outputs) | frozenset(TIED_OUTPUT_NAMES)
+
+
+def test_input_embeddings_a_class_ties_do_not_decide_the_flag():
+    config = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}
+    written = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    assert writes_tied_target(config, written) is None
+    assert writes_tied_target(config, [*written, "lm_head.weight"]) == "lm_head.weight"
 
 
 def test_without_transformers_the_name_table_decides(monkeypatch):
