@@ -19,7 +19,7 @@ from pathlib import Path
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.errors import OutputError
 from mergesmith.execute import MergeOptions
-from mergesmith.execute.run import Resume, check_executor, input_paths, merge_id, run_plan
+from mergesmith.execute.run import Resume, input_paths, make_backend, merge_id, run_plan
 from mergesmith.execute.tasks import ShardResult
 from mergesmith.methods import get_method
 from mergesmith.output.card import model_card
@@ -61,7 +61,7 @@ def merge_plan(
     is_random = get_method(plan.method)[0].is_random
     layout = layout_shards(plan.entries, options.out_shard_bytes)
     copied = {name: checkpoints[model].file_path(name) for model, name in plan.copied_files}
-    check_executor(options)
+    backend = make_backend(options)
     needed = sum(layout.sizes) + sum(path.stat().st_size for path in copied.values() if path is not None)
     with staging_folder(
         out, overwrite=options.overwrite, needed_bytes=needed, resume=options.resume, inputs=input_paths(checkpoints)
@@ -92,6 +92,7 @@ def merge_plan(
                     seed=journal.seed,
                     events=_Events(bar, journal, folder),
                     resume=resume,
+                    backend=backend,
                 )
             ok = True
         finally:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -26,6 +25,7 @@ from mergesmith.cli import main
 from mergesmith.demo import SEED_MODEL, build_demo_model, seed_recipe_text
 from mergesmith.errors import CheckpointError
 from mergesmith.execute import MergeOptions
+from polling import wait_for
 
 ray = pytest.importorskip("ray")
 PRINT = print  # Ray replaces builtins.print in a driver unless told not to
@@ -123,12 +123,16 @@ def test_a_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_bytes_are_t
 
         thread = threading.Thread(target=run)
         thread.start()
-        waiting = wait_for(lambda: sorted(gate.parent.glob("waiting-*")), what="a worker at the gate")
+        waiting = wait_for(lambda: sorted(gate.parent.glob("waiting-*")), what="a worker at the gate", timeout_s=120)
         victim = int(waiting[0].name.removeprefix("waiting-"))
         staging = tmp_path / ".ray.partial"
         assert list(staging.glob(".model-*.incomplete"))  # mid-shard: attempt files hold their headers only
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie", what="the kill")
+        wait_for(
+            lambda: not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie",
+            what="the kill",
+            timeout_s=120,
+        )
         gate.touch()
         thread.join(timeout=180)
         assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
@@ -206,7 +210,9 @@ def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, m
     driver = subprocess.Popen([sys.executable, "-m", "mergesmith.cli", "-q", *args], env=env, stderr=subprocess.PIPE)
     journal = tmp_path / ".out.partial" / ".mergesmith-progress.jsonl"
     try:
-        wait_for(lambda: journal.exists() and '"shard"' in journal.read_text(), what="a first verified shard")
+        wait_for(
+            lambda: journal.exists() and '"shard"' in journal.read_text(), what="a first verified shard", timeout_s=120
+        )
     finally:
         driver.kill()
         driver.wait()
@@ -227,15 +233,6 @@ def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, m
           options=MergeOptions(out_shard_bytes=SHARD_BYTES // 4, random_seed=3))  # fmt: skip
     assert same_folders(tmp_path / "local", out) == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
-def wait_for(predicate, *, what: str, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-    return result
 
 
 class RecordedEvents:

@@ -19,19 +19,11 @@ import pytest
 import mergesmith
 from mergesmith.errors import CheckpointError, ClusterError
 from mergesmith.execute import ray_cluster as ray_support
+from polling import wait_for
 
 ray = pytest.importorskip("ray")
 
 GET_TIMEOUT_S = 60  # generous on a loaded two-core machine; a hang fails here instead of stalling pytest
-
-
-def wait_for(predicate, *, what: str, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")

@@ -28,12 +28,11 @@ Inputs = Mapping[InputKey, TensorInfo]
 
 
 def run_work(work: Work, inputs: Inputs, writer: ShardWriter, settings: TaskSettings) -> None:
-    route = work[0].route
     if is_raw(work[0]):
         _move_raw_bytes(work, inputs, writer, settings.chunk_bytes)
         return
     (entry,) = work
-    ROUTES[route](entry, [inputs[s.model, s.tensor] for s in entry.sources], writer, settings)
+    ROUTES[entry.route](entry, [inputs[s.model, s.tensor] for s in entry.sources], writer, settings)
 
 
 def is_raw(entry: PlanEntry) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.errors import MergesmithError
-from mergesmith.execute.backend import Events, get_backend
+from mergesmith.execute.backend import Backend, Events, get_backend
 from mergesmith.execute.options import MergeOptions
 from mergesmith.execute.routes import needs_torch
 from mergesmith.execute.tasks import ShardResult, ShardTask, TaskSettings, build_tasks
@@ -43,9 +43,11 @@ def run_plan(
     seed: int,
     events: Events,
     resume: Resume | None = None,
+    backend: Backend | None = None,
 ) -> list[ShardResult]:
-    """Write the shards of `layout` into `folder` (a staging folder) with the backend the options
-    name. Returns a result for every shard written (not those `resume` lists as complete)."""
+    """Write the shards of `layout` into `folder` (a staging folder) with `backend`, by default the
+    one the options name. Returns a result for every shard written (not those `resume` lists as
+    complete)."""
     options = with_workers(options)
     resume = resume or Resume()
     if uses_device(plan) and not options.device.startswith("cuda"):
@@ -64,7 +66,7 @@ def run_plan(
         vocabulary_base=plan.base_model,
         torch_threads=_torch_threads(plan),
     )
-    backend = get_backend(options)
+    backend = backend or get_backend(options)
     tasks = [
         _without_done(task, resume) if backend.resumes_tensors else task
         for task in build_tasks(plan, checkpoints, layout, folder, settings)
@@ -73,11 +75,11 @@ def run_plan(
     return backend.run(tasks, events)
 
 
-def check_executor(options: MergeOptions) -> None:
-    """Refuse an executor that cannot run (Ray not installed, nothing at --ray-address) before the
-    driver takes OUT's staging folder: an error inside it removes the folder, and with --resume
-    that would be the interrupted merge's verified work."""
-    get_backend(with_workers(options))
+def make_backend(options: MergeOptions) -> Backend:
+    """The backend the options name, built (and so checked: Ray installed, something at
+    --ray-address) before the driver takes OUT's staging folder: an error inside it removes the
+    folder, and with --resume that would be the interrupted merge's verified work."""
+    return get_backend(with_workers(options))
 
 
 def _torch_threads(plan: Plan) -> int | None:
