@@ -282,6 +282,9 @@ def plan(
             f"vocabulary: {summary['tokens']} tokens in {summary['rows']} rows, tokenizer from "
             f"{summary['tokenizer_from']}" + (f"; added: {added}" if added else "")
         )
+    if len(result.modules) > 1:  # which module plain slices build, and how the others are built
+        for module in result.modules:
+            click.echo(f"module {module.name}: {module.layers} layers, from {module.built_from}")
     for entry in result.entries:
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params.items() if not isinstance(v, Unset))
         sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)

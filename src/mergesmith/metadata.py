@@ -15,7 +15,6 @@ from mergesmith.checkpoints.config_fields import check_generation_config
 from mergesmith.checkpoints.names import (
     DONOR_FILES,
     GENERATION_FILES,
-    LAYER_COUNT_KEYS,
     PER_LAYER_KEYS,
     TOKEN_ID_KEYS,
     config_parts,
@@ -30,21 +29,27 @@ log = logging.getLogger(__name__)
 
 
 def output_config(
-    donor: Checkpoint, writes_tied_target: bool, layer_sources: list[int], dtype: str | None
+    donor: Checkpoint, writes_tied_target: bool, layer_sources: Mapping[str, list[int]], dtype: str | None
 ) -> dict[str, Any]:
-    """The donor's config with the output's layer count, per-layer lists, tie flag and dtype.
+    """The donor's config with each module's layer count and per-layer settings, the tie flag and dtype.
 
+    `layer_sources`: per module, the donor-numbered source layer of each output layer.
     `writes_tied_target`: the output holds a tensor that the architecture ties to the input
     embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight."""
     config = copy.deepcopy(donor.config)
+    for module in donor.structure.modules:
+        sources = layer_sources.get(module.name)
+        if sources is None or module.stack is None or sources == list(range(module.count)):
+            continue
+        for path, key in module.count_keys:
+            _part(config, path)[key] = len(sources)
+        for path in module.config_paths:
+            part = _part(config, path)
+            for key in PER_LAYER_KEYS:
+                values = part.get(key)
+                if isinstance(values, list) and len(values) == module.count:
+                    part[key] = [values[i] for i in sources]
     for part in config_parts(config):
-        for key in LAYER_COUNT_KEYS:
-            if isinstance(part.get(key), int):
-                part[key] = len(layer_sources)
-        for key in PER_LAYER_KEYS:
-            values = part.get(key)
-            if isinstance(values, list) and len(values) == donor.layout.count:
-                part[key] = [values[i] for i in layer_sources]
         if "tie_word_embeddings" in part or part is config:
             # Never claim a tie that the tensors contradict: a written tied tensor means untied (a
             # tie would drop it); none written means tied (else transformers initialises it at random).
@@ -53,6 +58,13 @@ def output_config(
         for key in [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]:
             config[key] = config_name(dtype)
     return config
+
+
+def _part(config: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    part = config
+    for key in path:
+        part = part[key]
+    return part
 
 
 def copied_files(

@@ -15,20 +15,21 @@ from enum import StrEnum
 from typing import Any
 
 from mergesmith import metadata
-from mergesmith.checkpoints import Checkpoint
-from mergesmith.checkpoints.names import is_vocabulary_tensor
+from mergesmith.checkpoints import Checkpoint, Module, Stack, Structure
+from mergesmith.checkpoints.names import FIRST_LAYER_SHARED_MARKERS, PER_LAYER_BLOCK_MARKERS, is_vocabulary_tensor
 from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
-from mergesmith.errors import PlanError, RecipeError, UnsupportedError
+from mergesmith.errors import PlanError, RecipeError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import UNSET, MethodSpec
 from mergesmith.plan_checks import Ignored, check_parameter_names, check_slice_keys
 from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
-from mergesmith.recipe.schema import InputSlice, Recipe
+from mergesmith.checkpoints.structure import TEXT_DECODER
+from mergesmith.recipe.schema import InputModel, InputSlice, OutputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,15 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
+class ModuleSummary:
+    """One module of the output: what part of the recipe builds it and how many layers it has."""
+
+    name: str  # "text_decoder", "vision_tower", "multi_modal_projector", "encoder", "decoder"
+    built_from: str  # "slices", "models", "modules.vision_tower.slices", "slices[0]'s models (whole)"
+    layers: int
+
+
+@dataclass(frozen=True)
 class Plan:
     entries: tuple[PlanEntry, ...]
     config: Mapping[str, Any]  # the output config.json
@@ -122,6 +132,7 @@ class Plan:
     chat_template: str | None = None  # written as chat_template.jinja when the recipe chooses one
     generation_config: Mapping[str, Any] | None = None  # written instead of copied: token ids remapped
     warnings: tuple[str, ...] = ()  # recipe keys that mergekit ignores and so does this merge
+    modules: tuple[ModuleSummary, ...] = ()  # the main module (plain `slices:` build it) first
 
 
 def routed_to_cpu(plan: Plan) -> Plan:
@@ -138,6 +149,16 @@ class _SliceSpec:
     sources: tuple[tuple[str, InputSlice], ...]  # (key path, source)
     levels: tuple[Level, ...]  # slice, module and top-level parameters, highest first
     base: str | None  # the slice's base_model, else the recipe's
+    module: str = TEXT_DECODER  # the module (checkpoints.structure) whose layers layer_range counts
+
+
+@dataclass(frozen=True)
+class _ModuleSpec:
+    """An output module and the slices that build it."""
+
+    name: str
+    slices: tuple[_SliceSpec, ...]
+    addressed_by: str  # what the plan prints: "slices", "modules.vision_tower.models", ...
 
 
 def plan_merge(
@@ -165,38 +186,16 @@ def plan_merge(
         _check_architectures(recipe.referenced_models(), checkpoints)
     load_dtype = dtype_code_from_recipe(recipe.dtype, key="dtype") if recipe.dtype else None
     out_dtype = dtype_code_from_recipe(recipe.out_dtype, key="out_dtype") if recipe.out_dtype else None
-    slices = _normalise(recipe, checkpoints)
-    for out_slice in slices:
-        _check_slice(out_slice, spec, checkpoints, ignored)
+    modules = _normalise(recipe, checkpoints)
+    for module in modules:
+        for out_slice in module.slices:
+            _check_slice(out_slice, spec, checkpoints, ignored)
 
     tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
     builder.truncate_vocabulary = unsafe_truncate_embeddings
     builder.device = device
-    first, last = slices[0], slices[-1]
-    first_model = checkpoints[first.sources[0][1].model]
-    out_prefix = first_model.layout.prefix
-    for name in first_model.layout.pre_layer:
-        builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
-    layer_sources: list[int] = []
-    for out_slice in slices:
-        start, end = out_slice.sources[0][1].layer_range
-        count = end - start
-        for offset in range(count):
-            t = offset / (count - 1) if count > 1 else 1.0
-            out_index = len(layer_sources)
-            layer_sources.append(start + offset)
-            model = checkpoints[out_slice.sources[0][1].model]
-            for rest in model.layout.layer_tensors[start + offset]:
-                inputs = [
-                    (src, checkpoints[src.model].layout.layer_name(src.layer_range[0] + offset, rest))
-                    for _, src in out_slice.sources
-                ]
-                builder.add(f"{out_prefix}.{out_index}.{rest}", out_slice, inputs, t=t)
-    last_model = checkpoints[last.sources[0][1].model]
-    for name in last_model.layout.post_layer:
-        builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
-
+    layer_sources = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
     donor = recipe.base_model or recipe.referenced_models()[0]
     entries = tuple(builder.entries)
     tied_written = writes_tied_target(checkpoints[donor].config, (e.output for e in entries)) is not None
@@ -223,6 +222,7 @@ def plan_merge(
         chat_template=metadata.chat_template(recipe.chat_template, models, checkpoints),
         generation_config=generation,
         warnings=tuple(ignored.messages),
+        modules=tuple(ModuleSummary(m.name, m.addressed_by, len(layer_sources[m.name])) for m in modules),
     )
 
 
@@ -387,54 +387,211 @@ class _EntryBuilder:
         return Params(resolved)
 
 
-def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_SliceSpec]:
+def _plan_module(module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mapping[str, Checkpoint]) -> list[int]:
+    """Add the module's entries: the tensors before its layers (from the first slice's models), its
+    layers slice by slice, the tensors after them (from the last slice's). Returns, per output
+    layer, the source layer it is built from."""
+    first, last = module.slices[0], module.slices[-1]
+    first_module = _module(checkpoints, first.sources[0][1].model, module.name)
+    for name in first_module.pre_layer:
+        builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
+    layer_sources: list[int] = []
+    for out_slice in module.slices:
+        start, end = out_slice.sources[0][1].layer_range
+        count = end - start
+        for offset in range(count):
+            t = offset / (count - 1) if count > 1 else 1.0
+            out_index = len(layer_sources)
+            layer_sources.append(start + offset)
+            stack = _stack(checkpoints, out_slice.sources[0][1].model, module.name)
+            shared = _first_layer_shared(stack)
+            rests = [(r, False) for r in stack.layer_tensors[start + offset] if r not in shared]
+            rests += [(r, True) for r in sorted(shared) if out_index == 0]  # from layer 0, whichever comes first
+            for rest, from_first in rests:
+                inputs = [
+                    (src, _stack(checkpoints, src.model, module.name).layer_name(0 if from_first else src.layer_range[0] + offset, rest))
+                    for _, src in out_slice.sources
+                ]
+                builder.add(_out_stack(first_module).layer_name(out_index, rest), out_slice, inputs, t=t)
+    for name in _module(checkpoints, last.sources[0][1].model, module.name).post_layer:
+        builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
+    if first_module.stack is not None:
+        _check_layer_order(module, first.sources[0][1].model, first_module, layer_sources)
+    return layer_sources
+
+
+def _out_stack(module: Module) -> Stack:
+    assert module.stack is not None  # a module with layers in its slices has a stack (layer ranges are checked)
+    return module.stack
+
+
+def _first_layer_shared(stack: Stack) -> frozenset[str]:
+    if stack.count < 2:
+        return frozenset()
+    others = {r for rests in stack.layer_tensors[1:] for r in rests}
+    return frozenset(
+        r for r in stack.layer_tensors[0] if r not in others and any(m in r for m in FIRST_LAYER_SHARED_MARKERS)
+    )
+
+
+def _check_layer_order(module: _ModuleSpec, model: str, first: Module, layer_sources: list[int]) -> None:
+    """Refuse cuts the output could not describe: a layer 0 unlike every other layer (ModernBERT's
+    has no attention norm) moved from the front, and per-layer blocks outside the layers."""
+    stack = _out_stack(first)
+    if layer_sources == list(range(stack.count)):
+        return
+    for name in (*first.pre_layer, *first.post_layer):
+        if any(marker in name for marker in PER_LAYER_BLOCK_MARKERS):
+            raise PlanError(
+                f"{module.addressed_by}: {name} of {model!r} holds one block per layer of its {first.name}, "
+                "so its shape follows the layer count; a cut that adds, drops or moves layers cannot keep it",
+                hint=f"merge the {first.name} with all its layers in order (models:, or slices covering [0, {stack.count}])",
+            )
+    shared = _first_layer_shared(stack)
+    first_layer = set(stack.layer_tensors[0]) - shared
+    if stack.count < 3 or any(set(rests) == first_layer for rests in stack.layer_tensors[1:]):
+        return
+    moved = next((i for i, s in enumerate(layer_sources) if (i == 0) != (s == 0)), None)
+    if moved is not None:
+        raise PlanError(
+            f"{module.addressed_by}: output layer {moved} of the {first.name} comes from layer {layer_sources[moved]}, "
+            f"but layer 0 of {model!r} is built unlike every other layer (its tensors differ), so it "
+            "must stay first and only first",
+            hint="start the first slice at layer 0 and take layer 0 nowhere else",
+        )
+
+
+def _module(checkpoints: Mapping[str, Checkpoint], model: str, name: str) -> Module:
+    module = checkpoints[model].structure.module(name)
+    assert module is not None  # _normalise checked that every model has it
+    return module
+
+
+def _stack(checkpoints: Mapping[str, Checkpoint], model: str, name: str) -> Stack:
+    stack = _module(checkpoints, model, name).stack
+    assert stack is not None
+    return stack
+
+
+def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_ModuleSpec]:
+    """The recipe as output modules, each built by slices. `modules:` names them; `models:` builds
+    every module of the models, whole (as mergekit does); plain `slices:` build the main module
+    (a text decoder; of a vision-language model, its language model) and every other module is
+    built whole from the first slice's models, as the tensors before the layers are."""
     top = Level("parameters", recipe.parameters)
+    structure = checkpoints[recipe.referenced_models()[0]].structure
     if recipe.modules:
-        if len(recipe.modules) != 1:
-            raise UnsupportedError("modules: more than one module is not supported yet")
-        ((name, module),) = recipe.modules.items()
-        prefix = f"modules.{name}."
-        module_levels: tuple[Level, ...] = (Level(f"modules.{name}.parameters", module.parameters), top)
-        slices, models = module.slices, module.models
-    else:
-        prefix, module_levels = "", (top,)
-        slices, models = recipe.slices, recipe.models
-    if models:
-        # mergekit: a `models:` merge is one slice over every layer, with the base added if unnamed.
-        sources = [
-            (
-                f"{prefix}models[{i}]",
-                InputSlice.model_construct(
-                    model=m.model, layer_range=(0, _layer_count(checkpoints, m.model)), parameters=m.parameters
-                ),
+        return [_recipe_module(recipe, name, checkpoints, structure, top) for name in _module_names(recipe, structure)]
+    if recipe.models:
+        specs = []
+        for module in structure.modules:
+            slices = (_whole_slice(recipe, recipe.models, module.name, "models", (top,), checkpoints),)
+            specs.append(_ModuleSpec(module.name, slices, "models"))
+        return specs
+    main = structure.main
+    if structure.module("encoder") is not None and structure.module("decoder") is not None:
+        raise RecipeError(
+            "slices: an encoder-decoder model has two stacks of layers (encoder and decoder); "
+            "plain slices cannot say which one their layer_range counts",
+            hint="write the recipe with modules: (encoder: {slices: ...}, decoder: {slices: ...}), as mergekit requires",
+        )
+    slices = _recipe_slices(recipe.slices or [], "", (top,), recipe.base_model, main.name)
+    specs = [_ModuleSpec(main.name, slices, "slices")]
+    first = slices[0]
+    for module in structure.modules[1:]:
+        models = [InputModel.model_construct(model=src.model, parameters=src.parameters) for _, src in first.sources]
+        whole = _whole_slice(recipe, models, module.name, first.path, first.levels, checkpoints, base=first.base)
+        specs.append(_ModuleSpec(module.name, (whole,), f"{first.path}'s models, whole"))
+    return specs
+
+
+def _module_names(recipe: Recipe, structure: Structure) -> list[str]:
+    """The recipe's modules, checked against the first model's: each known, none left out (an
+    output without its vision tower would not load)."""
+    assert recipe.modules is not None
+    known = ", ".join(structure.names)
+    for name in recipe.modules:
+        if structure.module(name) is None:
+            raise RecipeError(
+                f"modules.{name}: the models have no module {name!r}",
+                hint=f"their modules are: {known} (mergesmith plan shows what each holds)",
             )
-            for i, m in enumerate(models)
-        ]
-        if recipe.base_model and all(m.model != recipe.base_model for m in models):
-            sources.append(
-                (
-                    "base_model",
-                    InputSlice.model_construct(
-                        model=recipe.base_model,
-                        layer_range=(0, _layer_count(checkpoints, recipe.base_model)),
-                        parameters=None,
-                    ),
-                )
-            )
-        return [_SliceSpec(f"{prefix}models", tuple(sources), module_levels, recipe.base_model)]
-    return [
+    named = {structure.module(name).name for name in recipe.modules}  # type: ignore[union-attr]
+    missing = [m.name for m in structure.modules if m.name not in named]
+    if missing:
+        raise RecipeError(
+            f"modules: the recipe builds {', '.join(sorted(named))} but not {', '.join(missing)}; "
+            "the output would lack those tensors",
+            hint=f"add every module ({known}); one copied unchanged is `{missing[0]}: {{models: [{{model: NAME}}]}}` "
+            "with merge_method passthrough, or the same models as the others",
+        )
+    return list(recipe.modules)
+
+
+def _recipe_module(
+    recipe: Recipe, name: str, checkpoints: Mapping[str, Checkpoint], structure: Structure, top: Level
+) -> _ModuleSpec:
+    assert recipe.modules is not None
+    module_recipe, module = recipe.modules[name], structure.module(name)
+    assert module is not None
+    prefix = f"modules.{name}."
+    levels = (Level(f"modules.{name}.parameters", module_recipe.parameters), top)
+    if module_recipe.models:
+        whole = _whole_slice(recipe, module_recipe.models, module.name, f"{prefix}models", levels, checkpoints)
+        return _ModuleSpec(module.name, (whole,), f"{prefix}models")
+    if module.stack is None:
+        raise RecipeError(
+            f"{prefix}slices: module {name!r} has no numbered layers for a layer_range to count",
+            hint=f"build it with models: ({prefix}models)",
+        )
+    slices = _recipe_slices(module_recipe.slices or [], prefix, levels, recipe.base_model, module.name)
+    return _ModuleSpec(module.name, slices, f"{prefix}slices")
+
+
+def _recipe_slices(
+    slices: list[OutputSlice], prefix: str, levels: tuple[Level, ...], base: str | None, module: str
+) -> tuple[_SliceSpec, ...]:
+    return tuple(
         _SliceSpec(
             f"{prefix}slices[{i}]",
             tuple((f"{prefix}slices[{i}].sources[{j}]", src) for j, src in enumerate(s.sources)),
-            (Level(f"{prefix}slices[{i}].parameters", s.parameters), *module_levels),
-            s.base_model or recipe.base_model,
+            (Level(f"{prefix}slices[{i}].parameters", s.parameters), *levels),
+            s.base_model or base,
+            module,
         )
-        for i, s in enumerate(slices or ())
+        for i, s in enumerate(slices)
+    )
+
+
+def _whole_slice(
+    recipe: Recipe,
+    models: list[InputModel],
+    module: str,
+    path: str,
+    levels: tuple[Level, ...],
+    checkpoints: Mapping[str, Checkpoint],
+    *,
+    base: str | None = None,
+) -> _SliceSpec:
+    """mergekit: a `models:` merge is one slice over every layer, with the base added if unnamed."""
+    base = base or recipe.base_model
+    sources = [
+        (f"{path}[{i}]", _whole_source(m.model, m.parameters, module, checkpoints)) for i, m in enumerate(models)
     ]
+    if base and all(m.model != base for m in models):
+        sources.append(("base_model", _whole_source(base, None, module, checkpoints)))
+    return _SliceSpec(path, tuple(sources), levels, base, module)
 
 
-def _layer_count(checkpoints: Mapping[str, Checkpoint], model: str) -> int:
-    return checkpoints[model].layout.count
+def _whole_source(model: str, parameters: Any, module: str, checkpoints: Mapping[str, Checkpoint]) -> InputSlice:
+    found = checkpoints[model].structure.module(module)
+    if found is None:
+        known = ", ".join(checkpoints[model].structure.names)
+        raise PlanError(
+            f"model {model!r} has no module {module!r} (its modules: {known})",
+            hint="all models of a merge must share an architecture",
+        )
+    return InputSlice.model_construct(model=model, layer_range=(0, found.count), parameters=parameters)
 
 
 def _check_slice(
@@ -443,7 +600,7 @@ def _check_slice(
     _check_contract(out_slice, spec)
     lengths = set()
     for path, src in out_slice.sources:
-        _check_layer_range(path, src, checkpoints[src.model])
+        _check_layer_range(path, src, checkpoints[src.model], out_slice.module)
         lengths.add(src.layer_range[1] - src.layer_range[0])
         for level in (Level(f"{path}.parameters", src.parameters, True), *out_slice.levels):
             check_parameter_names(level, spec, ignored)
@@ -484,9 +641,19 @@ def _check_contract(out_slice: _SliceSpec, spec: MethodSpec) -> None:
             )
 
 
-def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> None:
+def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint, module_name: str) -> None:
     start, end = src.layer_range
-    total = checkpoint.layout.count
+    structure = checkpoint.structure
+    module = structure.module(module_name)
+    if module is None:
+        raise PlanError(
+            f"{path}: model {src.model!r} has no module {module_name!r} (its modules: {', '.join(structure.names)})",
+            hint="all models of a merge must share an architecture",
+        )
+    total = module.count
+    if (start, end) == (0, 0) and total == 0:  # `models:` over a module without layers (a projector)
+        return
+    owner = src.model if len(structure.modules) == 1 else f"the {module.name} of {src.model}"
     if start < 0 or end <= start:
         raise RecipeError(
             f"{path}.layer_range: [{start}, {end}] is empty or negative",
@@ -495,7 +662,7 @@ def _check_layer_range(path: str, src: InputSlice, checkpoint: Checkpoint) -> No
     if end > total:
         raise RecipeError(
             f"{path}.layer_range: [{start}, {end}] reaches layer {end - 1}, "
-            f"but {src.model} has {total} layers (0-{total - 1})",
+            f"but {owner} has {total} layers (0-{total - 1})",
             hint=f"layer_range is half-open: [{start}, {total}] already includes layer {total - 1}",
         )
 

@@ -66,10 +66,10 @@ def check_parameter_names(level: Level, spec: MethodSpec, ignored: Ignored) -> N
 
 
 def check_slice_keys(recipe: Recipe, spec: MethodSpec, ignored: Ignored) -> None:
-    prefix, slices = "", recipe.slices
-    if recipe.modules and len(recipe.modules) == 1:
-        ((name, module),) = recipe.modules.items()
-        prefix, slices = f"modules.{name}.", module.slices
-    for i, out_slice in enumerate(slices or ()):
-        if out_slice.residual_weight is not None:  # mergekit 0.1.5 reads it and never uses it
-            ignored.add(f"{spec.name} ignores 'residual_weight' ({prefix}slices[{i}])", "remove the key")
+    outputs = [("", recipe.slices)]
+    if recipe.modules:
+        outputs = [(f"modules.{name}.", module.slices) for name, module in recipe.modules.items()]
+    for prefix, slices in outputs:
+        for i, out_slice in enumerate(slices or ()):
+            if out_slice.residual_weight is not None:  # mergekit 0.1.5 reads it and never uses it
+                ignored.add(f"{spec.name} ignores 'residual_weight' ({prefix}slices[{i}])", "remove the key")

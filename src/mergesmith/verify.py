@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergesmith.checkpoints.layers import LayerGapError, find_layers
+from mergesmith.checkpoints.structure import LayerGapError, count_mismatches, find_structure
 from mergesmith.checkpoints.names import (
     CONFIG,
-    LAYER_COUNT_KEYS,
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
     config_parts,
@@ -147,20 +146,15 @@ def _check_config(folder: Path, infos: dict[str, TensorInfo], report: VerifyRepo
         return
     parts = config_parts(config)
     try:
-        layout = find_layers(infos)
+        structure = find_structure(infos, config)
     except LayerGapError as err:
         report.problems.append(
             f"layer {err.first_missing}: no tensors (layers are numbered 0-{err.count - 1}; {err.missing} have none)"
         )
         return
-    for part in parts:
-        for key in LAYER_COUNT_KEYS:
-            if isinstance(part.get(key), int) and part[key] != layout.count:
-                report.problems.append(f"{CONFIG}: {key} is {part[key]}, the weights have {layout.count} layers")
-    for i, rests in enumerate(layout.layer_tensors):
-        if not rests:
-            report.problems.append(f"layer {i}: no tensors (layers are numbered 0-{layout.count - 1})")
-    embeddings = [n for n in layout.pre_layer if is_vocabulary_tensor(n)]
+    for key, value, count in count_mismatches(structure, config):
+        report.problems.append(f"{CONFIG}: {key} is {value}, the weights have {count} layers")
+    embeddings = [n for n in structure.main.pre_layer if is_vocabulary_tensor(n)]
     rows = infos[embeddings[0]].shape[0] if embeddings and infos[embeddings[0]].shape else None
     vocab = next((p["vocab_size"] for p in reversed(parts) if isinstance(p.get("vocab_size"), int)), None)
     if rows is not None and vocab is not None and rows != vocab:

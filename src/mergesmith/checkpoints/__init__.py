@@ -1,7 +1,16 @@
-"""Model references, lazy tensor reading, layer structure."""
+"""Model references, lazy tensor reading, model structure."""
 
 from mergesmith.checkpoints.checkpoint import Checkpoint, open_checkpoints
-from mergesmith.checkpoints.layers import LayerLayout, find_layers
 from mergesmith.checkpoints.reference import ModelReference, resolve_reference
+from mergesmith.checkpoints.structure import Module, Stack, Structure, find_structure
 
-__all__ = ["Checkpoint", "LayerLayout", "ModelReference", "find_layers", "open_checkpoints", "resolve_reference"]
+__all__ = [
+    "Checkpoint",
+    "ModelReference",
+    "Module",
+    "Stack",
+    "Structure",
+    "find_structure",
+    "open_checkpoints",
+    "resolve_reference",
+]

@@ -10,7 +10,6 @@ from typing import Any
 
 from mergesmith.checkpoints import hub
 from mergesmith.checkpoints.config_fields import check_config, config_vocab_size
-from mergesmith.checkpoints.layers import LayerGapError, LayerLayout, find_layers
 from mergesmith.checkpoints.names import (
     BIN_INDEX,
     BIN_SINGLE,
@@ -18,11 +17,13 @@ from mergesmith.checkpoints.names import (
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
     is_token_rows,
+    token_rows,
 )
 from mergesmith.checkpoints.pickled import load_state, read_tensor_bytes
 from mergesmith.checkpoints.reference import ModelReference, resolve_reference
 from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header
+from mergesmith.checkpoints.structure import LayerGapError, Structure, find_structure
 from mergesmith.errors import CheckpointError
 
 
@@ -42,9 +43,9 @@ class Checkpoint:
         return f"Checkpoint({self.ref.text!r})"
 
     @cached_property
-    def layout(self) -> LayerLayout:
+    def structure(self) -> Structure:
         try:
-            return find_layers(self.weight_map)
+            return find_structure(self.weight_map, self.config)
         except LayerGapError as err:
             raise CheckpointError(
                 f"model {self.ref.text!r}: layer {err.first_missing} has no tensors, but the tensor names go up to "
@@ -93,7 +94,10 @@ class Checkpoint:
         """Embeddings and lm_head have one row per token of config's vocab_size, or transformers
         cannot load the model (a size mismatch); the merged model would inherit the disagreement."""
         vocab_size = config_vocab_size(self.config)
-        if vocab_size is None or not info.shape or not is_token_rows(info.name) or info.shape[0] == vocab_size:
+        if vocab_size is None or not info.shape or not is_token_rows(info.name):
+            return
+        vocab_size = token_rows(info.name, vocab_size, self.config.get("model_type"))
+        if info.shape[0] == vocab_size:
             return
         raise CheckpointError(
             f"model {self.ref.text!r}: {CONFIG} says vocab_size {vocab_size}, but {info.name} has {info.shape[0]} rows",

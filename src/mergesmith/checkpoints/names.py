@@ -40,6 +40,47 @@ TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 NESTED_CONFIG_KEYS = ("text_config",)
 
+# Stacks of layers besides the text decoder, by a word of their prefix (model.visual.blocks,
+# model.vision_tower.vision_model.encoder.layers, model.audio_tower.layers); checked in this order.
+STACK_ROLES = (
+    ("vision_tower", ("vision", "visual", "image")),
+    ("audio_tower", ("audio", "speech")),
+)
+# An encoder-decoder's (config is_encoder_decoder: T5, Whisper, BART) two stacks, by a word of the prefix.
+ENCODER_DECODER_ROLES = ("encoder", "decoder")
+# Tensors of the projector between a tower and the text model (LLaVA's multi_modal_projector,
+# Qwen2-VL's visual.merger), by a word of their name: mergekit's `multi_modal_projector` module.
+PROJECTOR_MARKERS = ("multi_modal_projector", "mm_projector", "merger", "connector")
+# mergekit names the module of a single-module architecture "default".
+MAIN_MODULE_ALIASES = ("default",)
+# The config parts that describe a stack of each role, those present taken (none: the top level).
+# A text model's count may be at the top and in text_config both (configs that mirror it).
+ROLE_CONFIG_PARTS = {
+    "text_decoder": (("text_config",), ()),
+    "vision_tower": (("vision_config",),),
+    "audio_tower": (("audio_config",),),
+}
+# The keys of that config part that count the stack's layers; every one equal to the count is kept
+# in step with it (Whisper writes encoder_layers and num_hidden_layers, both the encoder's).
+ROLE_COUNT_KEYS = {
+    "text_decoder": LAYER_COUNT_KEYS,
+    "vision_tower": ("depth", "num_hidden_layers", "num_layers", "num_global_layers"),
+    "audio_tower": ("num_hidden_layers", "encoder_layers", "num_layers"),
+    "encoder": ("encoder_layers", "num_layers", "num_hidden_layers"),  # T5's num_layers is its encoder's
+    "decoder": ("decoder_layers", "num_decoder_layers"),
+}
+# A count key with one of these words counts only the stack whose prefix has it (Mllama's
+# vision_config: num_global_layers for global_transformer.layers, num_hidden_layers for transformer.layers).
+COUNT_KEY_WORDS = ("global",)
+
+# Tensors that a stack's first layer holds for every layer: T5's relative position bias
+# (encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight, in no other block). The
+# output's first layer takes them from the first source's layer 0; no other output layer has them.
+FIRST_LAYER_SHARED_MARKERS = ("relative_attention_bias",)
+# Tensors outside the layers with one block per layer (Gemma 3n's embed_tokens_per_layer and
+# per_layer_model_projection): their shape follows the layer count, so a cut cannot keep them.
+PER_LAYER_BLOCK_MARKERS = ("per_layer",)
+
 # config.json lists with one entry per layer, kept in step with the output's layer order.
 PER_LAYER_KEYS = ("layer_types",)
 
@@ -89,6 +130,17 @@ def is_vocabulary_tensor(name: str) -> bool:
 # The modules whose weight has exactly one row per token of config.json's vocab_size (transformers
 # builds them from it); `embed_tokens_per_layer` and the like are sized by other keys.
 TOKEN_ROW_MODULES = ("embed_tokens", "wte", "word_embeddings", "lm_head", "embed_out")
+
+
+# Input embeddings with rows beyond vocab_size, by config model_type: Mllama's text model builds
+# embed_tokens with vocab_size + 8 rows (its image tokens; transformers' MllamaTextModel).
+EXTRA_INPUT_EMBEDDING_ROWS = {"mllama": 8}
+
+
+def token_rows(name: str, vocab_size: int, model_type: object) -> int:
+    """The rows transformers builds a token-row tensor (is_token_rows) with for this vocab_size."""
+    extra = EXTRA_INPUT_EMBEDDING_ROWS.get(model_type, 0) if isinstance(model_type, str) else 0
+    return vocab_size + extra if name.split(".")[-2] in VOCABULARY_MARKERS else vocab_size
 
 
 def is_token_rows(name: str) -> bool:
