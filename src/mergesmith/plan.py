@@ -440,6 +440,12 @@ def _check_layer_order(module: _ModuleSpec, model: str, first: Module, layer_sou
     stack = _out_stack(first)
     if layer_sources == list(range(stack.count)):
         return
+    if not first.count_keys:
+        raise PlanError(
+            f"{module.addressed_by}: no setting in the config.json of {model!r} holds the {stack.count} layers "
+            f"of its {first.name} ({stack.prefix}), so the output's config could not say how many it has",
+            hint=f"merge the {first.name} with all its layers in order, or fix its layer count in config.json",
+        )
     for name in (*first.pre_layer, *first.post_layer):
         if any(marker in name for marker in PER_LAYER_BLOCK_MARKERS):
             raise PlanError(
