@@ -30,13 +30,17 @@ log = logging.getLogger(__name__)
 
 
 def output_config(
-    donor: Checkpoint, writes_tied_target: bool, layer_sources: list[int], dtype: str | None
+    donor: Checkpoint, writes_tied_target: bool, layer_sources: list[int], dtype: str | None, *, quantized: bool = False
 ) -> dict[str, Any]:
     """The donor's config with the output's layer count, per-layer lists, tie flag and dtype.
 
     `writes_tied_target`: the output holds a tensor that the architecture ties to the input
-    embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight."""
+    embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight.
+    `quantized`: the output keeps an FP8 donor's quantization_config (out_dtype float8_e4m3fn);
+    otherwise its weights are written dequantized, and the output has none."""
     config = copy.deepcopy(donor.config)
+    if donor.fp8 is not None and not quantized:
+        del config["quantization_config"]
     for part in config_parts(config):
         for key in LAYER_COUNT_KEYS:
             if isinstance(part.get(key), int):
