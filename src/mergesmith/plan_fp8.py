@@ -73,8 +73,9 @@ class Fp8Rules:
             self._told = True
             log.warning(
                 "FP8 weights of %s are dequantized and merged in bfloat16, as the recipe sets no dtype; "
-                "set dtype: float32 to merge them in float32, and out_dtype: float8_e4m3fn to write FP8 again",
+                "set dtype: float32 to merge them in float32%s",
                 model,
+                "" if self.is_fp8_output else ", and out_dtype: float8_e4m3fn to write FP8 again",
             )
         return DEQUANTIZED_DTYPE
 
@@ -95,8 +96,8 @@ class Fp8Rules:
         return Fp8Output(name, fp8_scale_name(name), shape, scheme.block, scheme.power_of_two)
 
     def config_dtype(self, out: str | None) -> str | None:
-        """The dtype config.json names: out_dtype, else dtype; for an FP8 output, the unquantized
-        tensors' (dtype, else the donor's own). A donor read from FP8 without either: bfloat16."""
+        """The dtype config.json names: out_dtype, else dtype; for an FP8 output, dtype (that of
+        the unquantized tensors). A donor read from FP8 without either: bfloat16."""
         if self.is_fp8_output:
-            return self.load
+            return self.load or DEQUANTIZED_DTYPE
         return out or self.load or (DEQUANTIZED_DTYPE if self.donor.fp8 is not None else None)
