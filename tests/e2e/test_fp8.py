@@ -1,77 +1,26 @@
 """Block-scaled FP8 checkpoints (DeepSeek-V3, Qwen3-FP8 layout) as inputs and as output.
 
-The FP8 models are tiny Qwen3 models from the factory whose layer weights this file quantizes
-itself, block by block in plain torch loops (not mergesmith's code), in blocks of 24x24 that cut
-every weight's last blocks short, or 16x16 where transformers must load the result (its
-dequantization wants whole blocks). The same loops give the oracles: every output tensor is
-compared bit for bit with the formula applied to the inputs here.
+The FP8 models are tiny Qwen3 models whose layer weights the factory quantizes block by block in
+plain torch loops (factory.fp8_model, not mergesmith's code), in blocks of 24x24 that cut every
+weight's last blocks short, or 16x16 where transformers must load the result (its dequantization
+wants whole blocks). The same loops give the oracles: every output tensor is compared bit for bit
+with the formula applied to the inputs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from factory import QUANTIZATION, fp8_model, is_fp8_quantized, reference_dequantize, reference_quantize
 from mergesmith.api import merge, plan
 from mergesmith.errors import CheckpointError, PlanError, RecipeError
 from mergesmith.verify import verify_folder
-
-FP8_MAX = 448.0
-QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
-
-
-def reference_quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek-V3's scheme, one block at a time: scale = amax / 448, values = weight / scale
-    clamped to +-448 (an all-zero block: scale 1)."""
-    rows, cols = weight.shape
-    scales = torch.empty(math.ceil(rows / block[0]), math.ceil(cols / block[1]))
-    values = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
-    for i in range(scales.shape[0]):
-        for j in range(scales.shape[1]):
-            tile = weight[i * block[0] : (i + 1) * block[0], j * block[1] : (j + 1) * block[1]].float()
-            amax = tile.abs().max()
-            scales[i, j] = amax / FP8_MAX if amax > 0 else 1.0
-            quantized = (tile / scales[i, j]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            values[i * block[0] : (i + 1) * block[0], j * block[1] : (j + 1) * block[1]] = quantized
-    return values, scales
-
-
-def reference_dequantize(values: torch.Tensor, scales: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-    out = torch.empty(values.shape)
-    for i in range(scales.shape[0]):
-        for j in range(scales.shape[1]):
-            rows, cols = slice(i * block[0], (i + 1) * block[0]), slice(j * block[1], (j + 1) * block[1])
-            out[rows, cols] = values[rows, cols].float() * scales[i, j]
-    return out
-
-
-def is_quantized(name: str, tensor: torch.Tensor) -> bool:
-    return ".layers." in name and tensor.ndim == 2  # every Linear weight; norms, embeddings, lm_head stay
-
-
-def fp8_model(source: Path, folder: Path, block: tuple[int, int], **quantization) -> Path:
-    """`source` (a bf16 model folder) with its layer weights quantized: the checkpoint a
-    DeepSeek-style FP8 release is."""
-    tensors = load_file(source / "model.safetensors")
-    out = {}
-    for name, tensor in tensors.items():
-        if is_quantized(name, tensor):
-            out[name], out[name + "_scale_inv"] = reference_quantize(tensor, block)
-        else:
-            out[name] = tensor
-    folder.mkdir(parents=True)
-    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((source / "config.json").read_text())
-    config["quantization_config"] = {**QUANTIZATION, "weight_block_size": list(block), **quantization}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
 
 
 def values_of(folder: Path, block: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
@@ -186,7 +135,7 @@ def fp8_oracle(merged: dict[str, torch.Tensor], block: tuple[int, int]) -> dict[
     """The FP8 output the merged values should give: layer weights quantized by the reference loops."""
     expected = {}
     for name, tensor in merged.items():
-        if is_quantized(name, tensor):
+        if is_fp8_quantized(name, tensor):
             expected[name], expected[name + "_scale_inv"] = reference_quantize(tensor.float(), block)
         else:
             expected[name] = tensor
@@ -222,7 +171,11 @@ def test_fp8_output_is_the_merge_quantized_again_and_loads_in_transformers(tmp_p
     for name, tensor in out.items():
         if name.endswith("_scale_inv"):
             continue
-        want = reference_dequantize(tensor, out[name + "_scale_inv"], (16, 16)) if tensor.dtype != torch.float32 else tensor
+        want = (
+            reference_dequantize(tensor, out[name + "_scale_inv"], (16, 16))
+            if tensor.dtype != torch.float32
+            else tensor
+        )
         assert torch.equal(state[name], want), name
 
 
@@ -240,6 +193,37 @@ def test_fp8_output_in_edge_blocks_from_bfloat16_values(tmp_path, models):
     assert config["quantization_config"]["weight_block_size"] == [24, 24] and config["dtype"] == "bfloat16"
     report = verify_folder(tmp_path / "out", plan(recipe, model_paths=models))
     assert report.problems == [] and report.tensors == len(out)
+
+
+def test_an_fp8_weight_and_its_scales_are_merged_once_or_each_alone(tmp_path, models):
+    """The executor makes one unit of an FP8 weight's entry and its scales'; a unit of the scales
+    alone (the weight in another shard of a Ray merge) merges the weight itself: the same scales."""
+    from mergesmith.checkpoints import open_checkpoints
+    from mergesmith.execute.routes import group_work, run_work
+    from mergesmith.execute.tasks import TaskSettings
+    from mergesmith.output.shards import ShardWriter, layout_shards
+
+    recipe = linear_recipe(tmp_path, "base-fp8", "tune-fp8", "out_dtype: float8_e4m3fn\n")
+    entries = plan(recipe, model_paths=models).entries
+    units = group_work(entries)
+    pairs = [unit for unit in units if unit[0].fp8 is not None]
+    assert len(pairs) == 14 and all(
+        [e.output for e in unit] == [unit[0].fp8.weight, unit[0].fp8.scales] for unit in pairs
+    )
+    assert len(units) == len(entries) - 14
+
+    scales = pairs[0][1]
+    checkpoints = open_checkpoints(["base-fp8", "tune-fp8"], models)
+    inputs = {(s.model, t): checkpoints[s.model].tensor_info(t) for s in scales.sources for t in s.tensor_names}
+    writer = ShardWriter([(tmp_path / "alone.safetensors", layout_shards([scales], 10**9).shard(0))])
+    run_work((scales,), inputs, writer, TaskSettings(chunk_bytes=2**20, device="cpu", seed=0, sync=False))
+    writer.close(sync=False)
+    a, b = values_of(models["base-fp8"], (24, 24)), values_of(models["tune-fp8"], (24, 24))
+    weight = scales.fp8.weight
+    merged = half_sum(a[weight].to(torch.bfloat16), b[weight].to(torch.bfloat16)).to(torch.bfloat16)
+    expected = reference_quantize(merged.float(), (24, 24))[1]
+    written = load_file(tmp_path / "alone.safetensors")
+    assert list(written) == [scales.output] and torch.equal(written[scales.output], expected)
 
 
 def test_unchanged_fp8_passthrough_is_a_byte_copy(tmp_path, models, capsys):
@@ -455,7 +439,13 @@ def test_plan_shows_fp8_sources_and_outputs(tmp_path, models, capsys):
         {"model": "a", "tensor": weight, "fp8": scales},
         {"model": "b", "tensor": weight},  # a bf16 model's source: no fp8 key
     ]
-    output = {"weight": weight, "scales": f"{weight}_scale_inv", "shape": [32, 64], "block": [16, 16], "power_of_two": False}
+    output = {
+        "weight": weight,
+        "scales": f"{weight}_scale_inv",
+        "shape": [32, 64],
+        "block": [16, 16],
+        "power_of_two": False,
+    }
     assert entries[weight]["fp8"] == entries[f"{weight}_scale_inv"]["fp8"] == output
     assert "fp8" not in entries["model.norm.weight"]
 

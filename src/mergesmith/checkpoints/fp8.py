@@ -159,7 +159,8 @@ def quantized_roles(checkpoint: Checkpoint) -> frozenset[str]:
 
 
 def tensor_role(name: str, prefix: str) -> str:
-    """`model.layers.7.mlp.down_proj.weight` -> `mlp.down_proj.weight` (layers under `prefix`); other names as they are."""
+    """`model.layers.7.mlp.down_proj.weight` -> `mlp.down_proj.weight` for layers under `prefix`;
+    other names as they are."""
     match = LAYER_NAME.match(name)
     return match["rest"] if match and match["prefix"] == prefix else name
 
