@@ -461,3 +461,39 @@ def test_merge_command_reports_a_damaged_fp8_model_without_a_traceback(tmp_path,
         f"it with\n  hint: {DAMAGED}\n"
     )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_scales_stored_in_bfloat16_are_read_as_floats(tmp_path, models):
+    def to_bf16(tensors, config):
+        for name in [n for n in tensors if n.endswith("_scale_inv")]:
+            tensors[name] = tensors[name].to(torch.bfloat16)
+
+    damaged = damage(models, "bf16-scales", to_bf16)
+    merge(linear_recipe(tmp_path, "a", "tune", "dtype: float32\n"), tmp_path / "out", model_paths=damaged)
+    tensors, b = load_file(damaged["a"] / "model.safetensors"), values_of(models["tune"])
+    out, _ = read_output(tmp_path / "out")
+    for name, tensor in out.items():
+        a = tensors[name]
+        if a.dtype == torch.float8_e4m3fn:
+            a = reference_dequantize(a, tensors[name + "_scale_inv"].float(), (24, 24))
+        assert torch.equal(tensor, half_sum(a, b[name])), name
+
+
+def test_power_of_two_scales_for_a_ue8m0_donor(tmp_path, models):
+    """scale_fmt ue8m0 (DeepSeek-V3.1): the output's scales are powers of two, each the smallest at
+    or above amax / 448 of its block."""
+    donor = damage(models, "ue8m0", lambda t, c: c["quantization_config"].update(scale_fmt="ue8m0"))
+    recipe = linear_recipe(tmp_path, "a", "tune-fp8", "dtype: float32\nout_dtype: float8_e4m3fn\n")
+    merge(recipe, tmp_path / "out", model_paths=donor)
+    a, b = values_of(donor["a"], (24, 24)), values_of(models["tune-fp8"], (24, 24))
+    out, config = read_output(tmp_path / "out")
+    assert config["quantization_config"]["scale_fmt"] == "ue8m0"
+    for name in [n for n in out if n.endswith("_scale_inv")]:
+        weight = name.removesuffix("_scale_inv")
+        merged = half_sum(a[weight], b[weight])
+        power = 2.0 ** torch.ceil(torch.log2(reference_quantize(merged, (24, 24))[1]))
+        assert torch.equal(out[name], power), name
+        rows, cols = merged.shape
+        per_element = power.repeat_interleave(24, 0)[:rows].repeat_interleave(24, 1)[:, :cols]
+        expected = (merged / per_element).clamp(-448, 448).to(torch.float8_e4m3fn)
+        assert torch.equal(out[weight].view(torch.uint8), expected.view(torch.uint8)), weight
