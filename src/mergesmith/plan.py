@@ -310,7 +310,7 @@ class _EntryBuilder:
         elif len(set(stored)) > 1:
             raise PlanError(f"{out_slice.path}: tensor {output} is stored as {', '.join(stored)} across models")
         fp8 = self.fp8.output(output, shape, is_vocabulary) if compute is not None else None
-        written = stored[0] if compute is None else FP8 if fp8 else self.out or self._result_dtype(compute)
+        written = stored[0] if compute is None else (FP8 if fp8 else self.out or self._result_dtype(compute))
         params = self._params(output, out_slice, inputs, t, has_base)
         if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
             raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")

@@ -58,7 +58,7 @@ class Fp8Rules:
         self.load, self.donor = load, donor
         self.is_fp8_output = out == FP8
         self.roles = quantized_roles(donor) if self.is_fp8_output else frozenset()
-        self._told = False
+        self._told: set[str] = set()  # models whose FP8 weights a warning named
 
     def is_scales(self, checkpoint: Checkpoint, name: str) -> bool:
         """An FP8 weight's scale tensor: read with its weight, never an output tensor of its own."""
@@ -69,8 +69,8 @@ class Fp8Rules:
         """The dtype a stored tensor's values count as when the merge's dtype is chosen."""
         if scales is None:
             return stored
-        if self.load is None and not self._told:
-            self._told = True
+        if self.load is None and model not in self._told:
+            self._told.add(model)
             log.warning(
                 "FP8 weights of %s are dequantized and merged in bfloat16, as the recipe sets no dtype; "
                 "set dtype: float32 to merge them in float32%s",

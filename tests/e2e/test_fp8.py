@@ -86,7 +86,8 @@ def test_linear_of_two_fp8_models_is_the_average_of_their_values(tmp_path, model
     recipe = linear_recipe(tmp_path, "base-fp8", "tune-fp8")
     with caplog.at_level(logging.WARNING, logger="mergesmith"):
         merge(recipe, tmp_path / "out", model_paths=models)
-    assert "are dequantized and merged in bfloat16, as the recipe sets no dtype" in caplog.text
+    assert "FP8 weights of base-fp8 are dequantized and merged in bfloat16, as the recipe sets no dtype" in caplog.text
+    assert "FP8 weights of tune-fp8 are dequantized" in caplog.text
     a, b = values_of(models["base-fp8"], (24, 24)), values_of(models["tune-fp8"], (24, 24))
     out, config = read_output(tmp_path / "out")
     assert sorted(out) == sorted(a)  # no *_scale_inv
