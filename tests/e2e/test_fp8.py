@@ -498,3 +498,34 @@ def test_power_of_two_scales_for_a_ue8m0_donor(tmp_path, models):
         per_element = power.repeat_interleave(24, 0)[:rows].repeat_interleave(24, 1)[:, :cols]
         expected = (merged / per_element).clamp(-448, 448).to(torch.float8_e4m3fn)
         assert torch.equal(out[weight].view(torch.uint8), expected.view(torch.uint8)), weight
+
+
+def test_a_merge_killed_between_an_fp8_weight_and_its_scales_resumes_exactly(tmp_path, models):
+    """Killed once the first FP8 weight is journaled and its scales are not: --resume keeps the
+    weight and merges again for the scales alone, and the output is an uninterrupted merge's."""
+    import subprocess
+    import sys
+
+    recipe = linear_recipe(tmp_path, "base-fp8", "tune-fp8", "out_dtype: float8_e4m3fn\n")
+    merge(recipe, tmp_path / "whole", model_paths=models)
+    paths = [arg for name in ("base-fp8", "tune-fp8") for arg in ("--model-path", f"{name}={models[name]}")]
+    args = ["-q", "merge", str(recipe), str(tmp_path / "out"), "--resume", "--workers", "1", *paths]
+    killed = (
+        "import os, sys, mergesmith.driver as d\n"
+        "record = d._Events.tensor_written\n"
+        "def written(self, name, crc):\n"
+        "    record(self, name, crc)\n"
+        "    if name.endswith('_proj.weight'):\n"
+        "        os._exit(9)\n"
+        "d._Events.tensor_written = written\n"
+        "from mergesmith.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    died = subprocess.run([sys.executable, "-c", killed, *args], capture_output=True, text=True)
+    assert died.returncode == 9, died.stderr
+    journal = (tmp_path / ".out.partial" / ".mergesmith-progress.jsonl").read_text()
+    assert '_proj.weight"' in journal and "_scale_inv" not in journal  # the case this test is for
+    resumed = subprocess.run([sys.executable, "-m", "mergesmith.cli", *args], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
