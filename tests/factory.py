@@ -220,3 +220,66 @@ def resize_vocabulary(source: Path, folder: Path, rows: int, *, seed: int, scale
     config["vocab_size"] = rows
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+# Block-scaled FP8 checkpoints (DeepSeek-V3, Qwen3-FP8), made here in plain torch loops: the tests'
+# inputs and oracles for mergesmith's checkpoints/fp8.py, which they must not share code with.
+FP8_MAX = 448.0
+QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+
+
+def reference_quantize(weight, block: tuple[int, int]):
+    """DeepSeek-V3's scheme, one block at a time: scale = amax / 448, values = weight / scale
+    clamped to +-448 (an all-zero block: scale 1). Returns (values float8_e4m3fn, scales float32)."""
+    import math
+
+    import torch
+
+    rows, cols = weight.shape
+    scales = torch.empty(math.ceil(rows / block[0]), math.ceil(cols / block[1]))
+    values = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            tile = weight[i * block[0] : (i + 1) * block[0], j * block[1] : (j + 1) * block[1]].float()
+            amax = tile.abs().max()
+            scales[i, j] = amax / FP8_MAX if amax > 0 else 1.0
+            quantized = (tile / scales[i, j]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            values[i * block[0] : (i + 1) * block[0], j * block[1] : (j + 1) * block[1]] = quantized
+    return values, scales
+
+
+def reference_dequantize(values, scales, block: tuple[int, int]):
+    """Each block's FP8 values times its scale, in float32."""
+    import torch
+
+    out = torch.empty(values.shape)
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            rows, cols = slice(i * block[0], (i + 1) * block[0]), slice(j * block[1], (j + 1) * block[1])
+            out[rows, cols] = values[rows, cols].float() * scales[i, j]
+    return out
+
+
+def is_fp8_quantized(name: str, tensor) -> bool:
+    """What fp8_model quantizes: every Linear weight of the layers; norms, embeddings, lm_head stay."""
+    return ".layers." in name and tensor.ndim == 2
+
+
+def fp8_model(source: Path, folder: Path, block: tuple[int, int], **quantization: Any) -> Path:
+    """`source` (a model folder) with its layer weights quantized in blocks of `block`: the
+    checkpoint a DeepSeek-style FP8 release is, config.json's quantization_config included."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(source / "model.safetensors")
+    out = {}
+    for name, tensor in tensors.items():
+        if is_fp8_quantized(name, tensor):
+            out[name], out[name + "_scale_inv"] = reference_quantize(tensor, block)
+        else:
+            out[name] = tensor
+    folder.mkdir(parents=True)
+    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text())
+    config["quantization_config"] = {**QUANTIZATION, "weight_block_size": list(block), **quantization}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder

@@ -273,7 +273,8 @@ def plan(
             "dropped_ids": list(vocabulary.dropped),
         }
     if as_json:
-        click.echo(json.dumps({**asdict(result), "vocabulary": summary}, indent=2, default=_plan_json))
+        plan_dict = asdict(result, dict_factory=_without_unset_fp8)
+        click.echo(json.dumps({**plan_dict, "vocabulary": summary}, indent=2, default=_plan_json))
         return
     if summary is not None:
         names: list[str] = summary["added"]
@@ -287,9 +288,27 @@ def plan(
             click.echo(f"module {module.name}: {module.layers} layers, from {module.built_from}")
     for entry in result.entries:
         params = ", ".join(f"{k}={_show(v)}" for k, v in entry.params.items() if not isinstance(v, Unset))
-        sources = " ".join(f"{s.model}:{s.tensor}" for s in entry.sources)
+        sources = " ".join(f"{s.model}:{s.tensor}" + _fp8_blocks(s.fp8) for s in entry.sources)
         shape = list(entry.shape)
-        click.echo(f"{entry.output} {entry.written_dtype} {shape} {entry.route} <- {entry.method}({params}) {sources}")
+        line = f"{entry.output} {entry.written_dtype} {shape} {entry.route} <- {entry.method}({params}) {sources}"
+        click.echo(line + _fp8_output_note(entry))
+
+
+def _fp8_blocks(scales: Any) -> str:
+    """A block-scaled FP8 source: `[fp8 128x128]`, the blocks its scales cover."""
+    return "" if scales is None else f"[fp8 {scales.block[0]}x{scales.block[1]}]"
+
+
+def _fp8_output_note(entry: Any) -> str:
+    fp8 = entry.fp8
+    if fp8 is None:
+        return ""
+    return f" -> fp8 {fp8.block[0]}x{fp8.block[1]}" if entry.output == fp8.weight else f" -> scales of {fp8.weight}"
+
+
+def _without_unset_fp8(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`plan --json` names the FP8 settings of a source or entry only where there are some."""
+    return {key: value for key, value in items if not (key == "fp8" and value is None)}
 
 
 def _plan_json(value: object) -> object:

@@ -38,6 +38,10 @@ _RECIPE_NAMES = {
     "bf16": "BF16",
     "float64": "F64",
     "double": "F64",
+    # out_dtype only (a storage format, not a compute dtype): FP8 with block scales, as the donor
+    # checkpoint has it (checkpoints/fp8.py). "fp8" as quant_method "fp8" means it: e4m3.
+    "float8_e4m3fn": "F8_E4M3",
+    "fp8": "F8_E4M3",
 }
 
 

@@ -29,14 +29,23 @@ log = logging.getLogger(__name__)
 
 
 def output_config(
-    donor: Checkpoint, writes_tied_target: bool, layer_sources: Mapping[str, list[int]], dtype: str | None
+    donor: Checkpoint,
+    writes_tied_target: bool,
+    layer_sources: Mapping[str, list[int]],
+    dtype: str | None,
+    *,
+    quantized: bool = False,
 ) -> dict[str, Any]:
     """The donor's config with each module's layer count and per-layer settings, the tie flag and dtype.
 
     `layer_sources`: per module, the donor-numbered source layer of each output layer.
     `writes_tied_target`: the output holds a tensor that the architecture ties to the input
-    embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight."""
+    embeddings (checkpoints/ties.py), such as lm_head.weight or lm_head.decoder.weight.
+    `quantized`: the output keeps an FP8 donor's quantization_config (out_dtype float8_e4m3fn);
+    otherwise its weights are written dequantized, and the output has none."""
     config = copy.deepcopy(donor.config)
+    if donor.fp8 is not None and not quantized:
+        del config["quantization_config"]
     for module in donor.structure.modules:
         sources = layer_sources.get(module.name)
         if sources is None or module.stack is None or sources == list(range(module.count)):

@@ -16,6 +16,7 @@ from typing import Any
 
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint, Module, Stack, Structure
+from mergesmith.checkpoints.fp8 import FP8, BlockScales, input_scales, scale_shape
 from mergesmith.checkpoints.names import FIRST_LAYER_SHARED_MARKERS, PER_LAYER_BLOCK_MARKERS, is_vocabulary_tensor
 from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.ties import writes_tied_target
@@ -25,6 +26,7 @@ from mergesmith.errors import PlanError, RecipeError
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import UNSET, MethodSpec
 from mergesmith.plan_checks import Ignored, check_parameter_names, check_slice_keys
+from mergesmith.plan_fp8 import Fp8Output, Fp8Rules
 from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 class Source:
     model: str  # model reference as the recipe wrote it
     tensor: str  # tensor name inside that checkpoint
+    fp8: BlockScales | None = None  # a block-scaled FP8 weight: its scales, read with it to dequantize it
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """The tensors this source reads: its own, and an FP8 weight's scales."""
+        return (self.tensor,) if self.fp8 is None else (self.tensor, self.fp8.tensor)
 
 
 class Route(StrEnum):
@@ -102,6 +110,7 @@ class PlanEntry:
     compute_dtype: str | None  # inputs are cast to this before the method; None: not floating
     stored_dtype: str  # the first source's dtype in its checkpoint
     route: Route
+    fp8: Fp8Output | None = None  # set on an FP8 output weight's entry and on its scales' entry
 
     @property
     def nbytes(self) -> int:
@@ -192,14 +201,16 @@ def plan_merge(
             _check_slice(out_slice, spec, checkpoints, ignored)
 
     tokenizers, vocabulary = _vocabulary(recipe, checkpoints)
-    builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers)
+    donor = recipe.base_model or recipe.referenced_models()[0]
+    builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers, checkpoints[donor])
     builder.truncate_vocabulary = unsafe_truncate_embeddings
     builder.device = device
     layer_sources = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
-    donor = recipe.base_model or recipe.referenced_models()[0]
     entries = tuple(builder.entries)
     tied_written = writes_tied_target(checkpoints[donor].config, (e.output for e in entries)) is not None
-    config = metadata.output_config(checkpoints[donor], tied_written, layer_sources, out_dtype or load_dtype)
+    config = metadata.output_config(
+        checkpoints[donor], tied_written, layer_sources, builder.fp8.config_dtype(out_dtype), quantized=out_dtype == FP8
+    )
     if builder.truncated_rows is not None and "vocab_size" in config:
         config = {**config, "vocab_size": builder.truncated_rows}  # as the cut tensors have it
     generation = None
@@ -253,7 +264,10 @@ class _EntryBuilder:
         out: str | None,
         vocabulary: Vocabulary | None,
         tokenizers: Mapping[str, Tokenizer],
+        donor: Checkpoint,
     ):
+        self.fp8 = Fp8Rules(load, out, donor)
+        out = None if out == FP8 else out  # tensors written unquantized: as without out_dtype
         self.spec, self.checkpoints, self.load, self.out = spec, checkpoints, load, out
         self.vocabulary, self.tokenizers = vocabulary, tokenizers
         self.entries: list[PlanEntry] = []
@@ -262,6 +276,8 @@ class _EntryBuilder:
         self.device = "cpu"
 
     def add(self, output: str, out_slice: _SliceSpec, inputs: list[tuple[InputSlice, str]], *, t: float) -> None:
+        if self.fp8.is_scales(self.checkpoints[inputs[0][0].model], inputs[0][1]):
+            return  # read with its weight; written with it when the output is FP8 too
         has_base = self.spec.inputs.uses_base and any(src.model == out_slice.base for src, _ in inputs)
         if has_base:  # the base goes first; the others keep the recipe's order
             inputs = sorted(inputs, key=lambda item: item[0].model != out_slice.base)
@@ -286,20 +302,29 @@ class _EntryBuilder:
             found = ", ".join(f"{src.model}: {list(info.shape)}" for (src, _), info in zip(inputs, infos))
             raise PlanError(f"{out_slice.path}: tensor {output} has different shapes across models ({found})")
         stored = [info.dtype for info in infos]
+        scales = [input_scales(self.checkpoints[src.model], info) for (src, _), info in zip(inputs, infos)]
         compute = None
         if all(code in FLOATING for code in stored):
-            compute = promote([self.load or code for code in stored])
+            values = [self.fp8.value_dtype(code, s, src.model) for code, s, (src, _) in zip(stored, scales, inputs)]
+            compute = promote([self.load or code for code in values])
         elif len(set(stored)) > 1:
             raise PlanError(f"{out_slice.path}: tensor {output} is stored as {', '.join(stored)} across models")
-        written = stored[0] if compute is None else self.out or self._result_dtype(compute)
+        fp8 = self.fp8.output(output, shape, is_vocabulary) if compute is not None else None
+        written = stored[0] if compute is None else (FP8 if fp8 else self.out or self._result_dtype(compute))
         params = self._params(output, out_slice, inputs, t, has_base)
         if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
             raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")
-        route = self._route(params, len(inputs), compute, stored[0], written, aligned)
-        sources = tuple(Source(src.model, name) for src, name in inputs)
-        self.entries.append(
-            PlanEntry(output, self.spec.name, sources, has_base, params, shape, written, compute, stored[0], route)
+        if fp8 is not None or any(scales):
+            route = self._fp8_route(params, [src.model for src, _ in inputs], scales, fp8, aligned)
+        else:
+            route = self._route(params, len(inputs), compute, stored[0], written, aligned)
+        sources = tuple(Source(src.model, name, s) for (src, name), s in zip(inputs, scales))
+        entry = PlanEntry(
+            output, self.spec.name, sources, has_base, params, shape, written, compute, stored[0], route, fp8
         )
+        self.entries.append(entry)
+        if fp8 is not None:
+            self.entries.append(self._fp8_scales_entry(entry, fp8))
 
     def _route(
         self, params: Params, count: int, compute: str | None, stored: str, written: str, aligned: bool
@@ -317,6 +342,41 @@ class _EntryBuilder:
         if self.spec.elementwise:
             return Route.STREAM  # bound by reading and writing: a GPU would not speed it up
         return Route.WHOLE if self.device == "cpu" else Route.DEVICE
+
+    def _fp8_route(
+        self, params: Params, models: list[str], scales: list[BlockScales | None], fp8: Fp8Output | None, aligned: bool
+    ) -> Route:
+        """An entry with FP8 inputs or output computes on whole tensors: FP8 bytes are not values,
+        and a block's scale applies across rows. One exception: an FP8 weight passed through
+        unchanged into the same blocks is copied as it is, bytes and scales (its exact values)."""
+        raw = self.spec.raw_kernel
+        if raw is not None and raw.is_identity(params) and len(models) == 1 and fp8 is not None and scales[0]:
+            scheme, donor = self.checkpoints[models[0]].fp8, self.fp8.donor.fp8
+            if scheme and donor and (scheme.block, scheme.power_of_two) == (donor.block, donor.power_of_two):
+                return Route.COPY
+        if aligned:
+            return Route.VOCABULARY
+        return Route.WHOLE if self.device == "cpu" else Route.DEVICE
+
+    def _fp8_scales_entry(self, weight: PlanEntry, fp8: Fp8Output) -> PlanEntry:
+        """The entry of an FP8 output weight's scales, written right after the weight: computed with
+        it, or for a copied weight copied from its source's scales."""
+        if weight.route is not Route.COPY:
+            shape = scale_shape(weight.shape, fp8.block)
+            return dataclasses.replace(weight, output=fp8.scales, shape=shape, written_dtype="F32")
+        (source,) = weight.sources
+        assert source.fp8 is not None
+        info = self.checkpoints[source.model].tensor_info(source.fp8.tensor)
+        scales = Source(source.model, source.fp8.tensor)
+        return dataclasses.replace(
+            weight,
+            output=fp8.scales,
+            sources=(scales,),
+            shape=info.shape,
+            written_dtype=info.dtype,
+            compute_dtype=info.dtype,
+            stored_dtype=info.dtype,
+        )
 
     def _truncated_shape(self, output: str, infos: list[TensorInfo], found: str) -> tuple[int, ...]:
         """mergekit 0.1.5's --unsafe-truncate-embeddings: every input keeps its first rows (a

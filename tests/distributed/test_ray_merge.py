@@ -18,13 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from factory import build_model, resize_vocabulary, write_tokenizer
+from factory import build_model, fp8_model, resize_vocabulary, write_tokenizer
 from mergesmith.api import merge, merge_plan, plan
 from mergesmith.checkpoints import open_checkpoints
 from mergesmith.cli import main
 from mergesmith.demo import SEED_MODEL, build_demo_model, seed_recipe_text
 from mergesmith.errors import CheckpointError
 from mergesmith.execute import MergeOptions
+from mergesmith.output.shards import layout_shards
 from polling import wait_for
 
 ray = pytest.importorskip("ray")
@@ -358,3 +359,28 @@ def test_each_kind_of_input_and_route_gives_the_local_bytes(ray_cluster, make_mo
     )  # fmt: skip
     assert same_folders(tmp_path / "local", tmp_path / "ray") == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_fp8_weight_and_its_scales_in_two_shards_give_the_local_bytes(ray_cluster, make_model, tmp_path):
+    """out_dtype float8_e4m3fn: an FP8 weight's entry and its scales' are one unit of work when one
+    task holds both; cut into two shards (two Ray tasks), each task merges the weight itself."""
+    models = {
+        name: fp8_model(make_model(name, layers=2, vocab=64, seed=seed), tmp_path / f"{name}-fp8", (24, 24))
+        for name, seed in [("a", 1), ("b", 2)]
+    }
+    recipe = write_recipe(
+        tmp_path,
+        "models: [{model: a, parameters: {weight: 0.3}}, {model: b, parameters: {weight: 0.7}}]\n"
+        "merge_method: linear\nout_dtype: float8_e4m3fn\n",
+    )
+    entries = plan(recipe, model_paths=models).entries
+    # shards of exactly the bytes up to an FP8 weight a third of the way in: its scales start the next
+    ends = [sum(e.nbytes for e in entries[: i + 1]) for i in range(len(entries))]
+    cut = next(i for i, e in enumerate(entries) if e.fp8 and e.output == e.fp8.weight and ends[i] > ends[-1] / 3)
+    shard_bytes = ends[cut]
+    slots = layout_shards(entries, shard_bytes).slots
+    assert slots[entries[cut].output].shard + 1 == slots[entries[cut + 1].output].shard  # the case this test is for
+    options = MergeOptions(out_shard_bytes=shard_bytes)
+    merge(recipe, tmp_path / "local", model_paths=models, options=options)
+    merge(recipe, tmp_path / "ray", model_paths=models, options=dataclasses.replace(options, executor="ray"))
+    assert same_folders(tmp_path / "local", tmp_path / "ray") == []

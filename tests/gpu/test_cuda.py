@@ -110,3 +110,27 @@ def test_elementwise_methods_on_the_gpu_agree_with_the_cpu(inputs) -> None:
         gpu = nearswap(base[name].cuda(), [ft1[name].cuda()], t=0.005)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-7, atol=1e-9, msg=name)
         assert not torch.equal(cpu, base[name]), "t too small: nearswap took nothing from ft1"
+
+
+def test_fp8_merge_on_the_gpu_gives_the_cpus_bytes(make_model, tmp_path: Path) -> None:
+    """FP8 inputs dequantized on the GPU and the output quantized there again (--device cuda routes
+    FP8 entries there, even linear's): with weights 0.5 every product is exact, and each remaining
+    step (the sum, amax / 448, weight / scale, the cast to float8_e4m3fn) is one IEEE rounding to
+    nearest on either device, so the bytes are the CPU's."""
+    from factory import fp8_model
+
+    models = {
+        name: fp8_model(make_model(name, "qwen3", layers=2, seed=seed), tmp_path / f"{name}-fp8", (24, 24))
+        for name, seed in [("a", 1), ("b", 2)]
+    }
+    recipe = tmp_path / "fp8.yaml"
+    recipe.write_text(
+        "models: [{model: a, parameters: {weight: 0.5}}, {model: b, parameters: {weight: 0.5}}]\n"
+        "merge_method: linear\ndtype: float32\nout_dtype: float8_e4m3fn\n"
+    )
+    merge(recipe, tmp_path / "cpu", model_paths=models, options=MergeOptions(device="cpu"))
+    merge(recipe, tmp_path / "gpu", model_paths=models, options=MergeOptions(device="cuda"))
+    cpu, gpu = tensors(tmp_path / "cpu"), tensors(tmp_path / "gpu")
+    assert sorted(cpu) == sorted(gpu) and any(t.dtype == torch.float8_e4m3fn for t in gpu.values())
+    for name in cpu:
+        assert torch.equal(cpu[name].view(torch.uint8), gpu[name].view(torch.uint8)), name

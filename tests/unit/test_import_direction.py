@@ -22,7 +22,13 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 RECIPE = ("mergesmith.recipe",)
 CHECKPOINTS = ("mergesmith.checkpoints",)
 METHODS = ("mergesmith.methods",)
-PLAN = ("mergesmith.plan", "mergesmith.plan_checks", "mergesmith.plan_parameters", "mergesmith.plan_vocabulary")
+PLAN = (
+    "mergesmith.plan",
+    "mergesmith.plan_checks",
+    "mergesmith.plan_fp8",
+    "mergesmith.plan_parameters",
+    "mergesmith.plan_vocabulary",
+)
 EXECUTE = (
     "mergesmith.execute",
     "mergesmith.vocabulary",  # the Vocabulary a plan carries, and align_rows: execution's side

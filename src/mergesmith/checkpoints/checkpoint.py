@@ -10,6 +10,7 @@ from typing import Any
 
 from mergesmith.checkpoints import hub
 from mergesmith.checkpoints.config_fields import check_config, config_vocab_size
+from mergesmith.checkpoints.fp8 import read_scheme
 from mergesmith.checkpoints.names import (
     BIN_INDEX,
     BIN_SINGLE,
@@ -36,7 +37,7 @@ class Checkpoint:
         self._roots = _allowed_roots(self.folder)
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self.config = self._read_config()
-        self._refuse_quantized()
+        self.fp8 = read_scheme(self.config, ref.text)  # block-scaled FP8; any other quantization is refused
         self.weight_map = self._find_weights()  # tensor name -> weight file name
 
     def __repr__(self) -> str:
@@ -117,17 +118,6 @@ class Checkpoint:
                 hint="a model folder holds config.json beside its weights",
             )
         return check_config(read_json(path, f"model {self.ref.text!r}: {path}"), path, self.ref.text)
-
-    def _refuse_quantized(self) -> None:
-        """Quantized weights (bitsandbytes, GPTQ, AWQ, ...) cannot be merged as they are stored."""
-        quantization = self.config.get("quantization_config")
-        if quantization:
-            method = quantization.get("quant_method", "unknown") if isinstance(quantization, dict) else "unknown"
-            raise CheckpointError(
-                f"model {self.ref.text!r}: its weights are quantized ({method}), "
-                "and quantized weights cannot be merged",
-                hint="merge the original (unquantized) model, then quantize the result",
-            )
 
     def _find_weights(self) -> dict[str, str]:
         for index_name in (SAFETENSORS_INDEX, BIN_INDEX):

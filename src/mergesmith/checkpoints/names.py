@@ -29,6 +29,10 @@ TIED_OUTPUT_NAMES = (
     "cls.predictions.decoder.bias",  # ... and its bias, tied to cls.predictions.bias
 )
 
+# A block-scaled FP8 weight's scales are a tensor of its own, named after it (DeepSeek-V3, Qwen3-FP8,
+# transformers' finegrained_fp8): model.layers.0.mlp.down_proj.weight -> ...down_proj.weight_scale_inv.
+FP8_SCALE_SUFFIX = "_scale_inv"
+
 # Tensors whose rows are tokens: input embeddings and the output projection.
 VOCABULARY_MARKERS = ("embed_tokens", "wte", "word_embeddings")
 
@@ -147,3 +151,8 @@ def is_token_rows(name: str) -> bool:
     """model.embed_tokens.weight, lm_head.weight, transformer.wte.weight: not layer tensors."""
     parts = name.split(".")
     return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in TOKEN_ROW_MODULES and not LAYER_NAME.match(name)
+
+
+def fp8_scale_name(tensor: str) -> str:
+    """The name of an FP8 weight's block-scale tensor: `...proj.weight` -> `...proj.weight_scale_inv`."""
+    return tensor + FP8_SCALE_SUFFIX

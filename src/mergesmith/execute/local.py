@@ -7,6 +7,7 @@ of work of all tasks share one pool (a layer repeated across shards is still rea
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -119,7 +120,8 @@ def memory_cost(entry: PlanEntry, chunk_bytes: int) -> int:
         return chunk_bytes
     if entry.route is Route.STREAM:
         return chunk_bytes * (len(entry.sources) + 3)
-    count = entry.nbytes // element_size(entry.written_dtype)
+    # an FP8 output's scales are computed from their weight's merge, as large as the weight
+    count = math.prod(entry.fp8.shape) if entry.fp8 is not None else entry.nbytes // element_size(entry.written_dtype)
     if entry.route is Route.DEVICE:  # host memory: pinned inputs (float32 at most) and result
         return count * 4 * len(entry.sources) + entry.nbytes
     compute = entry.compute_dtype or entry.written_dtype  # integer buffers: copies of each input

@@ -1,38 +1,59 @@
 """One function per route (plan.Route): how an entry's bytes are produced and written.
 
-Each takes a unit of work (one entry, or several entries that copy or scale the same input), the
-locations of the inputs, the writer of the shard files and the run's settings. COPY and SCALE
-never import torch.
+Each takes a unit of work (one entry; several entries that copy or scale the same input; or an
+FP8 output weight's entry and its scales'), the locations of the inputs, the writer of the shard
+files and the run's settings. COPY and SCALE never import torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+from mergesmith.checkpoints.fp8 import dequantize_blocks, quantize_blocks
 from mergesmith.checkpoints.pickled import read_tensor_bytes
 from mergesmith.checkpoints.safetensors_file import TensorInfo, piece_spans, read_into
 from mergesmith.dtypes import element_size, tensor_bytes, tensor_from_bytes, torch_dtype
-from mergesmith.errors import MergeError, MergesmithError
+from mergesmith.errors import CheckpointError, MergeError, MergesmithError
 from mergesmith.execute.tasks import InputKey, TaskSettings
 from mergesmith.methods import get_method
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.output.shards import ShardWriter
-from mergesmith.plan import PlanEntry, Route
+from mergesmith.plan import PlanEntry, Route, Source
 from mergesmith.vocabulary import align_rows
 
 Work = tuple[PlanEntry, ...]  # what one worker runs: one entry, or entries that share their input
 Inputs = Mapping[InputKey, TensorInfo]
 
 
+class Fp8Input(NamedTuple):
+    """A block-scaled FP8 weight as a route reads it: its values, its scales and their blocks."""
+
+    model: str
+    values: TensorInfo
+    scales: TensorInfo
+    block: tuple[int, int]
+
+
+Input = TensorInfo | Fp8Input  # one source of an entry, as a route reads it
+
+
 def run_work(work: Work, inputs: Inputs, writer: ShardWriter, settings: TaskSettings) -> None:
     if is_raw(work[0]):
         _move_raw_bytes(work, inputs, writer, settings.chunk_bytes)
         return
-    (entry,) = work
-    ROUTES[entry.route](entry, [inputs[s.model, s.tensor] for s in entry.sources], writer, settings)
+    entry = work[0]  # the unit's only entry, or an FP8 weight's followed by its scales'
+    ROUTES[entry.route](work, [_input(inputs, s) for s in entry.sources], writer, settings)
+
+
+def _input(inputs: Inputs, source: Source) -> Input:
+    info = inputs[source.model, source.tensor]
+    if source.fp8 is None:
+        return info
+    return Fp8Input(source.model, info, inputs[source.model, source.fp8.tensor], source.fp8.block)
 
 
 def is_raw(entry: PlanEntry) -> bool:
@@ -46,15 +67,17 @@ def needs_torch(entry: PlanEntry) -> bool:
 
 def group_work(entries: tuple[PlanEntry, ...] | list[PlanEntry]) -> list[Work]:
     """Entries that move or scale one tensor's raw bytes are grouped by that tensor, so that a
-    layer a recipe repeats (depth up-scaling, frankenmerges) is read once for all its copies;
-    every other entry is a unit of its own. Units keep the order of their first entry."""
+    layer a recipe repeats (depth up-scaling, frankenmerges) is read once for all its copies; an
+    FP8 output weight's entry and its scales' are one unit, computed once (when both are among
+    `entries`: a shard boundary between them computes it twice); every other entry is a unit of its
+    own. Units keep the order of their first entry."""
     units: list[list[PlanEntry]] = []
-    by_source: dict[tuple[str, str], list[PlanEntry]] = {}
+    by_source: dict[object, list[PlanEntry]] = {}
     for entry in entries:
-        if not is_raw(entry):
+        if not is_raw(entry) and entry.fp8 is None:
             units.append([entry])
             continue
-        key = (entry.sources[0].model, entry.sources[0].tensor)
+        key = entry.fp8 if not is_raw(entry) else (entry.sources[0].model, entry.sources[0].tensor)
         if key in by_source:
             by_source[key].append(entry)
         else:
@@ -109,8 +132,10 @@ def _piece_buffer(size: int) -> memoryview:
     return buffer
 
 
-def _copy_equal(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, settings: TaskSettings) -> None:
+def _copy_equal(work: Work, infos: list[Input], writer: ShardWriter, settings: TaskSettings) -> None:
     """Integer buffers (position ids, ...) of several inputs are copied; all must hold the same values."""
+    (entry,) = work
+    assert all(isinstance(info, TensorInfo) for info in infos)  # FP8 weights are floating: never copied so
     first = read_tensor_bytes(infos[0])
     for info, source in zip(infos[1:], entry.sources[1:]):
         if read_tensor_bytes(info) != first:
@@ -121,8 +146,10 @@ def _copy_equal(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, 
     writer.write(entry.output, 0, first)
 
 
-def _stream(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, settings: TaskSettings) -> None:
+def _stream(work: Work, infos: list[Input], writer: ShardWriter, settings: TaskSettings) -> None:
     """An elementwise method over pieces of its inputs, as many elements at a time as fit in a chunk."""
+    (entry,) = work
+    assert all(isinstance(info, TensorInfo) for info in infos)  # the plan routes FP8 inputs to whole tensors
     spec, function = get_method(entry.method)
     count = entry.nbytes // element_size(entry.written_dtype)
     widest = max(element_size(entry.written_dtype), *(element_size(i.dtype) for i in infos))
@@ -136,49 +163,80 @@ def _stream(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, sett
         writer.write(entry.output, first * element_size(entry.written_dtype), data)
 
 
-def _whole(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, settings: TaskSettings) -> None:
+def _whole(work: Work, infos: list[Input], writer: ShardWriter, settings: TaskSettings) -> None:
+    entry = work[0]
     spec, function = get_method(entry.method)
-    count = entry.nbytes // element_size(entry.written_dtype)  # fewer than an input's when truncated
-    tensors = [_read_elements(info, 0, count, entry.compute_dtype).reshape(entry.shape) for info in infos]
+    shape = _values_shape(entry)
+    count = math.prod(shape)  # fewer than an input's when truncated
+    tensors = [_read_values(info, count, entry.compute_dtype).reshape(shape) for info in infos]
     result = apply_method(entry, spec, function, tensors, _call_params(entry, spec, settings, "cpu"))
-    writer.write(entry.output, 0, tensor_bytes(result.to(torch_dtype(entry.written_dtype))))
+    for name, tensor in _results(work, result):
+        writer.write(name, 0, tensor_bytes(tensor))
 
 
-def _vocabulary(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, settings: TaskSettings) -> None:
+def _vocabulary(work: Work, infos: list[Input], writer: ShardWriter, settings: TaskSettings) -> None:
     """Embeddings and lm_head under a merged vocabulary: whole tensors, rows aligned by token first."""
+    (entry,) = work
     assert settings.vocabulary is not None
     spec, function = get_method(entry.method)
-    tensors = [
-        _read_elements(info, 0, info.nbytes // element_size(info.dtype), entry.compute_dtype).reshape(info.shape)
-        for info in infos
-    ]
+    tensors = [_read_values(info, None, entry.compute_dtype).reshape(_input_shape(info)) for info in infos]
     base = entry.sources[0].model if entry.has_base else settings.vocabulary_base
     aligned = align_rows(tensors, [s.model for s in entry.sources], settings.vocabulary, base)
     result = apply_method(entry, spec, function, aligned, _call_params(entry, spec, settings, "cpu"))
     writer.write(entry.output, 0, tensor_bytes(result.to(torch_dtype(entry.written_dtype))))
 
 
-def _device(entry: PlanEntry, infos: list[TensorInfo], writer: ShardWriter, settings: TaskSettings) -> None:
+def _device(work: Work, infos: list[Input], writer: ShardWriter, settings: TaskSettings) -> None:
     """A whole tensor on the GPU: inputs read into pinned memory and copied without blocking, on
     this worker thread's own stream, so one entry's transfers overlap another's compute."""
     import torch
 
+    entry = work[0]
     spec, function = get_method(entry.method)
     device = settings.device
     stream = _thread_stream(device)
     with torch.cuda.stream(stream):
         tensors = [_read_to_device(info, device).to(torch_dtype(entry.compute_dtype)) for info in infos]
-        count = entry.nbytes // element_size(entry.written_dtype)  # fewer than an input's when truncated
-        shaped = [t.reshape(-1)[:count].reshape(entry.shape) for t in tensors]
+        shape = _values_shape(entry)
+        count = math.prod(shape)  # fewer than an input's when truncated
+        shaped = [t.reshape(-1)[:count].reshape(shape) for t in tensors]
         result = apply_method(entry, spec, function, shaped, _call_params(entry, spec, settings, device))
-        # Back into pinned memory too: a copy to pageable memory goes through a staging buffer.
-        host = torch.empty(result.shape, dtype=torch_dtype(entry.written_dtype), pin_memory=True)
-        host.copy_(result.to(host.dtype), non_blocking=True)
+        hosts = []
+        for name, tensor in _results(work, result):
+            # Back into pinned memory too: a copy to pageable memory goes through a staging buffer.
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            hosts.append((name, host))
     stream.synchronize()  # this worker's stream only
-    writer.write(entry.output, 0, tensor_bytes(host))
+    for name, host in hosts:
+        writer.write(name, 0, tensor_bytes(host))
 
 
-ROUTES: dict[Route, Callable[[PlanEntry, list[TensorInfo], ShardWriter, TaskSettings], None]] = {
+def _results(work: Work, result) -> list[tuple[str, Any]]:
+    """The tensors a unit writes from its merged `result` (on its device): the entry's output in
+    its written dtype; for an FP8 output weight, those of the weight and its scales that the unit holds."""
+    import torch
+
+    entry, names = work[0], {e.output for e in work}
+    fp8 = entry.fp8
+    if fp8 is None:
+        return [(entry.output, result.to(torch_dtype(entry.written_dtype)))]
+    if not bool(torch.isfinite(result).all()):
+        raise MergeError(
+            f"tensor {fp8.weight}: {entry.method} gave NaN or inf values, which FP8 with block scales cannot hold",
+            hint="write the merge in bfloat16 (out_dtype: bfloat16) to look at them; mergesmith verify finds "
+            "NaN and inf in the inputs",
+        )
+    values, scales = quantize_blocks(result, fp8.block, power_of_two=fp8.power_of_two)
+    return [(name, tensor) for name, tensor in ((fp8.weight, values), (fp8.scales, scales)) if name in names]
+
+
+def _values_shape(entry: PlanEntry) -> tuple[int, ...]:
+    """The shape of the merged values: the entry's own, or for an FP8 output's scales their weight's."""
+    return entry.fp8.shape if entry.fp8 is not None else entry.shape
+
+
+ROUTES: dict[Route, Callable[[Work, list[Input], ShardWriter, TaskSettings], None]] = {
     Route.COPY: _copy_equal,  # several inputs; one input is a raw move (run_work)
     Route.STREAM: _stream,
     Route.WHOLE: _whole,
@@ -222,9 +280,41 @@ def _read_elements(info: TensorInfo, first: int, count: int, compute: str | None
     return tensor.to(torch_dtype(compute)) if compute is not None else tensor
 
 
-def _read_to_device(info: TensorInfo, device: str):
+def _read_values(source: Input, count: int | None, compute: str | None):
+    """The first `count` values of a source (None: all), flat, cast to `compute`."""
+    if isinstance(source, Fp8Input):
+        values = _dequantized(source, "cpu").reshape(-1)
+        return (values if count is None else values[:count]).to(torch_dtype(compute))
+    count = source.nbytes // element_size(source.dtype) if count is None else count
+    return _read_elements(source, 0, count, compute)
+
+
+def _input_shape(source: Input) -> tuple[int, ...]:
+    return source.values.shape if isinstance(source, Fp8Input) else source.shape
+
+
+def _dequantized(source: Fp8Input, device: str):
+    """An FP8 weight's values (float32, its shape, on `device`): its FP8 values times their block's scale."""
     import torch
 
+    values = _read_elements(source.values, 0, math.prod(source.values.shape), None).reshape(source.values.shape)
+    scales = _read_elements(source.scales, 0, math.prod(source.scales.shape), None).reshape(source.scales.shape)
+    if not bool(torch.isfinite(scales).all()):
+        bad = int((~torch.isfinite(scales)).sum())
+        raise CheckpointError(
+            f"model {source.model!r}: {source.scales.name} holds {bad} NaN or inf scales of {scales.numel()}, "
+            f"so {source.values.name} has no values there",
+            hint="the checkpoint is damaged; download it again",
+        )
+    return dequantize_blocks(values.to(device), scales.to(device), source.block)
+
+
+def _read_to_device(source: Input, device: str):
+    import torch
+
+    if isinstance(source, Fp8Input):
+        return _dequantized(source, device)
+    info = source
     if info.start >= 0:
         pinned = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=True)  # cached by torch
         read_into(info, memoryview(pinned.numpy()))  # type: ignore[arg-type]

@@ -157,7 +157,9 @@ def merge_id(plan: Plan, layout: ShardLayout, checkpoints: Mapping[str, Checkpoi
     layout, and the input files (path, size, modification time)."""
     import hashlib
 
-    inputs = sorted({str(checkpoints[s.model].tensor_info(s.tensor).path) for e in plan.entries for s in e.sources})
+    inputs = sorted(
+        {str(checkpoints[s.model].tensor_info(t).path) for e in plan.entries for s in e.sources for t in s.tensor_names}
+    )
     stats = [(p, st.st_size, st.st_mtime_ns) for p in inputs for st in [os.stat(p)]]
     # repr of the frozen entries (names, tuples, numbers): deterministic, and ten times faster than
     # JSON of dataclasses.asdict, which deep-copies every entry

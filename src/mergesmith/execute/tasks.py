@@ -18,7 +18,7 @@ from mergesmith.output.shards import ShardFile, ShardLayout
 from mergesmith.plan import Plan, PlanEntry
 from mergesmith.vocabulary import Vocabulary
 
-InputKey = tuple[str, str]  # (model reference, tensor name)
+InputKey = tuple[str, str]  # (model reference, tensor name): a source's tensor, or an FP8 weight's scales
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,10 @@ def build_tasks(
     tasks = []
     for shard, entries in zip(layout.shards(), by_shard):
         inputs = {
-            (s.model, s.tensor): checkpoints[s.model].tensor_info(s.tensor) for entry in entries for s in entry.sources
+            (s.model, name): checkpoints[s.model].tensor_info(name)
+            for entry in entries
+            for s in entry.sources
+            for name in s.tensor_names
         }
         tasks.append(ShardTask(shard, folder, tuple(entries), inputs, settings))
     return tasks
