@@ -1,7 +1,9 @@
 """The one fixture factory: tiny random Hugging Face models of real architectures.
 
-Names and shapes come from transformers itself (the model class built on the meta device), values
-from mergesmith.synthetic's per-name seeded generator, so a model is the same bytes on every run.
+Names and shapes come from transformers itself (the model class built on the meta device; the names
+save_pretrained writes, except for the first nine architectures, which golden tests pin with
+transformers' in-memory names), values from mergesmith.synthetic's per-name seeded generator, so a
+model is the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -253,6 +255,7 @@ ARCHITECTURES.update(
         "gemma3": dict(
             vision_config=dict(
                 model_type="siglip_vision_model",
+                vision_use_head=False,  # as Gemma 3's SigLIP tower
                 hidden_size=32,
                 intermediate_size=64,
                 num_hidden_layers=6,
@@ -350,7 +353,8 @@ AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECT
     "t5": "AutoModelForSeq2SeqLM",
     "whisper": "AutoModelForSpeechSeq2Seq",
 }
-# the architectures written before LAYERED, MODEL_TYPE and nested tying existed: their configs stay as they were
+# the architectures written before LAYERED, MODEL_TYPE, nested tying and save_pretrained names existed:
+# their files stay as they were (llava keeps in-memory names: model.language_model.*, not language_model.model.*)
 _PINNED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "granite", "llava")
 
 
@@ -412,9 +416,20 @@ def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
 
     with torch.device("meta"):
         model = _model_class(arch)._from_config(config)
-    state = model.state_dict()
     tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
-    return [(name, tuple(t.shape)) for name, t in state.items() if name not in tied]
+    state = {name: t for name, t in model.state_dict().items() if name not in tied}
+    if arch not in _PINNED:
+        # the names real checkpoints carry, as save_pretrained writes back a model from_pretrained loaded:
+        # transformers 5 renames and fuses some on load (per-expert MoE tensors -> one 3D tensor,
+        # language_model.model.* -> model.language_model.*, vision_tower.vision_model.* -> vision_tower.*)
+        # and reverts that on save. A model built from scratch would drop the prefix changes
+        # (vision_model., gemma3n's language_model.); with the loading mapping attached, save keeps them.
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import revert_weight_conversion
+
+        model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
+        state = revert_weight_conversion(model, state)
+    return [(name, tuple(t.shape)) for name, t in state.items()]
 
 
 _CACHE: dict[tuple[str, int, bool, int], Path] = {}

@@ -41,6 +41,54 @@ def test_builds_and_loads(arch):
     assert type(model).__name__ == config["architectures"][0]
 
 
+# names real checkpoints carry (transformers 5 renames or fuses them on load; the factory writes them
+# as save_pretrained writes back a loaded model), and per-layer kinds that 4 layers show
+SAVED_NAMES = {
+    "mixtral": ["model.layers.3.block_sparse_moe.experts.3.w1.weight"],
+    "qwen2_moe": ["model.layers.0.mlp.experts.3.gate_proj.weight", "model.layers.1.mlp.gate_proj.weight"],
+    "deepseek_v3": ["model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.experts.3.down_proj.weight"],
+    "granitemoe": ["model.layers.0.block_sparse_moe.input_linear.weight"],
+    "jamba": ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.feed_forward.experts.3.up_proj.weight"],
+    "nemotron_h": ["backbone.layers.0.mixer.A_log", "backbone.layers.1.mixer.q_proj.weight"],
+    "qwen2_vl": ["visual.blocks.5.attn.qkv.weight", "model.layers.3.self_attn.q_proj.weight", "lm_head.weight"],
+    "qwen2_5_vl": ["visual.blocks.5.attn.qkv.weight", "model.layers.3.self_attn.q_proj.weight"],
+    "llava_deep": [
+        "vision_tower.vision_model.encoder.layers.5.self_attn.q_proj.weight",
+        "language_model.model.layers.3.self_attn.q_proj.weight",
+        "language_model.lm_head.weight",
+    ],
+    "gemma3": [
+        "vision_tower.vision_model.encoder.layers.5.mlp.fc1.weight",
+        "language_model.model.layers.3.mlp.up_proj.weight",
+    ],
+    "mistral3": [
+        "vision_tower.transformer.layers.5.attention.q_proj.weight",
+        "language_model.model.layers.3.mlp.up_proj.weight",
+    ],
+    "mllama": [
+        "vision_model.transformer.layers.5.mlp.fc1.weight",
+        "vision_model.global_transformer.layers.1.mlp.fc1.weight",
+        "language_model.model.layers.1.cross_attn.q_proj.weight",
+    ],
+    "llama4": [
+        "vision_model.model.layers.5.mlp.fc1.weight",
+        "language_model.model.layers.1.feed_forward.experts.gate_up_proj",
+        "language_model.model.layers.0.feed_forward.gate_proj.weight",
+    ],
+    "gemma3n": ["model.language_model.layers.3.mlp.up_proj.weight"],
+    "gpt_neox": ["embed_out.weight"],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SAVED_NAMES))
+def test_saved_names(arch):
+    from safetensors import safe_open
+
+    with safe_open(cached_model(arch) / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert [name for name in SAVED_NAMES[arch] if name not in names] == []
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_tied_builds_and_loads(arch):
     model = _load(cached_model(arch, tied=True), arch)
