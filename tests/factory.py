@@ -1,7 +1,9 @@
 """The one fixture factory: tiny random Hugging Face models of real architectures.
 
-Names and shapes come from transformers itself (the model class built on the meta device), values
-from mergesmith.synthetic's per-name seeded generator, so a model is the same bytes on every run.
+Names and shapes come from transformers itself (the model class built on the meta device; the names
+save_pretrained writes, except for the first nine architectures, which golden tests pin with
+transformers' in-memory names), values from mergesmith.synthetic's per-name seeded generator, so a
+model is the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -47,7 +49,313 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         image_seq_length=16,
     ),
 }
-LAYER_KEY = {"gpt2": "n_layer"}
+# The architectures below were added after the ones above (whose bytes golden tests pin). Token ids
+# stay inside the 128-token vocabulary; per-layer kinds (MoE/dense, sliding/full, mamba/attention)
+# alternate so that 4 layers show each kind; vision towers are deeper than the text stack.
+_LM = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
+_TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_VISION_TOKENS = dict(image_token_id=3, video_token_id=4, vision_start_token_id=5, vision_end_token_id=6)
+ARCHITECTURES.update(
+    {
+        "mixtral": dict(**_LM, num_local_experts=4, num_experts_per_tok=2),
+        "qwen2_moe": dict(
+            **_LM,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            **_TOKENS,
+        ),
+        "qwen3_moe": dict(
+            **_LM,
+            head_dim=8,
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            **_TOKENS,
+        ),
+        "deepseek_v3": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            n_shared_experts=1,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            first_k_dense_replace=1,
+            kv_lora_rank=16,
+            q_lora_rank=24,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=8,
+            v_head_dim=8,
+            **_TOKENS,
+        ),
+        "gemma": dict(**_LM, head_dim=8, **_TOKENS),
+        "gemma3_text": dict(
+            **_LM, head_dim=8, query_pre_attn_scalar=8, sliding_window=16, sliding_window_pattern=2, **_TOKENS
+        ),
+        # text-only Gemma3nForCausalLM (model_type gemma3n_text): see MODEL_TYPE
+        "gemma3n": dict(
+            **_LM,
+            head_dim=8,
+            sliding_window=16,
+            vocab_size_per_layer_input=128,
+            hidden_size_per_layer_input=8,
+            altup_num_inputs=2,
+            laurel_rank=4,
+            **_TOKENS,
+        ),
+        "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, bos_token_id=1, eos_token_id=2),
+        "gpt_neo": dict(hidden_size=32, num_heads=4, max_position_embeddings=64, window_size=16, **_TOKENS),
+        "falcon": dict(hidden_size=32, num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2, **_TOKENS),
+        "olmo": dict(**_LM, **_TOKENS),
+        "olmo2": dict(**_LM, **_TOKENS),
+        "cohere": dict(**_LM, **_TOKENS),
+        "cohere2": dict(**_LM, sliding_window=16, sliding_window_pattern=2, **_TOKENS),
+        "granitemoe": dict(**_LM, num_local_experts=4, num_experts_per_tok=2, **_TOKENS),
+        "mamba": dict(hidden_size=32, state_size=8, expand=2, conv_kernel=4, time_step_rank=4, **_TOKENS),
+        "jamba": dict(
+            **_LM,
+            num_experts=4,
+            num_experts_per_tok=2,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            mamba_d_state=8,
+            mamba_dt_rank=4,
+            **_TOKENS,
+        ),
+        "bamba": dict(
+            **_LM,
+            mamba_n_heads=4,
+            mamba_d_head=16,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=16,
+            **_TOKENS,
+        ),
+        "lfm2": dict(**_LM, block_multiple_of=16, **_TOKENS),
+        "smollm3": dict(**_LM, no_rope_layer_interval=2, **_TOKENS),
+        "gpt_oss": dict(**_LM, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=16, **_TOKENS),
+        "nemotron_h": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            n_groups=1,
+            ssm_state_size=8,
+            chunk_size=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            moe_shared_expert_intermediate_size=16,
+            **_TOKENS,
+        ),
+        "bert": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=64, pad_token_id=0
+        ),
+        "roberta": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=64, **_TOKENS
+        ),
+        "modernbert": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            global_attn_every_n_layers=2,
+            local_attention=16,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
+        ),
+        "t5": dict(d_model=32, d_kv=8, d_ff=64, num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+        "whisper": dict(
+            d_model=32,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=16,
+            max_source_positions=32,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+            begin_suppress_tokens=[2],
+            suppress_tokens=[],
+        ),
+        # a llava whose CLIP tower is deeper than the text stack, as in real checkpoints
+        "llava_deep": dict(
+            vision_config=dict(
+                model_type="clip_vision_model",
+                image_size=32,
+                patch_size=8,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                hidden_size=32,
+                intermediate_size=64,
+            ),
+            text_config=dict(model_type="llama", **_LM, **_TOKENS),
+            image_token_index=3,
+            image_seq_length=16,
+        ),
+        "qwen2_vl": dict(
+            vision_config=dict(depth=6, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=8),
+            text_config=dict(
+                **_LM, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2]), **_TOKENS
+            ),
+            **_VISION_TOKENS,
+        ),
+        "qwen2_5_vl": dict(
+            vision_config=dict(
+                depth=6,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=32,
+                patch_size=8,
+                window_size=32,
+                fullatt_block_indexes=[2, 5],
+            ),
+            text_config=dict(
+                **_LM, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2]), **_TOKENS
+            ),
+            **_VISION_TOKENS,
+        ),
+        "mllama": dict(
+            vision_config=dict(
+                hidden_size=32,
+                num_hidden_layers=6,
+                num_global_layers=2,
+                attention_heads=2,
+                intermediate_size=64,
+                intermediate_layers_indices=[1, 3],
+                vision_output_dim=96,  # hidden_size * (1 + len(intermediate_layers_indices))
+                image_size=16,
+                patch_size=8,
+                max_num_tiles=4,  # the only value the default supported_aspect_ratios allow
+            ),
+            text_config=dict(**_LM, **_TOKENS),
+            image_token_index=3,
+        ),
+        "gemma3": dict(
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                vision_use_head=False,  # as Gemma 3's SigLIP tower
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(
+                **_LM, head_dim=8, query_pre_attn_scalar=8, sliding_window=16, sliding_window_pattern=2, **_TOKENS
+            ),
+            mm_tokens_per_image=4,
+            boi_token_index=3,
+            eoi_token_index=4,
+            image_token_index=5,
+        ),
+        "mistral3": dict(
+            vision_config=dict(
+                model_type="pixtral",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                head_dim=16,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(model_type="mistral", **_LM, head_dim=8, **_TOKENS),
+            image_token_index=3,
+        ),
+        "llama4": dict(
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+                vision_output_dim=32,
+                projector_input_dim=32,
+                projector_output_dim=32,
+            ),
+            text_config=dict(
+                **_LM,
+                intermediate_size_mlp=64,
+                head_dim=8,
+                num_local_experts=2,
+                interleave_moe_layer_step=2,
+                no_rope_layer_interval=2,
+                attention_chunk_size=16,
+                **_TOKENS,
+            ),
+            boi_token_index=3,
+            eoi_token_index=4,
+            image_token_index=5,
+        ),
+    }
+)
+LAYER_KEY = {"gpt2": "n_layer", "gpt_neo": "num_layers"}
+
+
+def _alternate(layers: int, first: str, second: str) -> list[str]:
+    return [second if i % 2 else first for i in range(layers)]
+
+
+# arch -> the config keywords that depend on the layer count (the text config's, when nested)
+LAYERED: dict[str, Any] = {
+    "gpt_neo": lambda n: dict(
+        num_layers=n, attention_types=[[["global", "local"], n // 2]] + ([[["global"], 1]] if n % 2 else [])
+    ),
+    "t5": lambda n: dict(num_layers=n, num_decoder_layers=n),
+    "whisper": lambda n: dict(encoder_layers=n, decoder_layers=n),
+    "lfm2": lambda n: dict(num_hidden_layers=n, full_attn_idxs=list(range(1, n, 2))),
+    "bamba": lambda n: dict(num_hidden_layers=n, attn_layer_indices=list(range(1, n, 2))),
+    "nemotron_h": lambda n: dict(
+        layers_block_type=[("linear_attention", "full_attention", "mlp", "moe")[i % 4] for i in range(n)]
+    ),
+    "mllama": lambda n: dict(num_hidden_layers=n, cross_attention_layers=list(range(1, n, 2))),
+    "gemma3n": lambda n: dict(
+        num_hidden_layers=n,
+        layer_types=_alternate(n, "sliding_attention", "full_attention"),
+        num_kv_shared_layers=n // 2,
+    ),
+}
+
+# arch -> model_type where the two differ
+MODEL_TYPE = {"llava_deep": "llava", "gemma3n": "gemma3n_text"}
+
+# arch -> the transformers Auto class that loads it
+AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECTURES} | {
+    **dict.fromkeys(
+        ("llava", "llava_deep", "qwen2_vl", "qwen2_5_vl", "mllama", "gemma3", "mistral3", "llama4"),
+        "AutoModelForImageTextToText",
+    ),
+    **dict.fromkeys(("bert", "roberta", "modernbert"), "AutoModelForMaskedLM"),
+    "t5": "AutoModelForSeq2SeqLM",
+    "whisper": "AutoModelForSpeechSeq2Seq",
+}
+# the architectures written before LAYERED, MODEL_TYPE, nested tying and save_pretrained names existed:
+# their files stay as they were (llava keeps in-memory names: model.language_model.*, not language_model.model.*)
+_PINNED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "granite", "llava")
 
 
 def build_model(
@@ -64,7 +372,7 @@ def build_model(
 ) -> Path:
     """Write a random model of `arch` into `folder` (config.json + weights) and return the folder."""
     config = _config(arch, layers=layers, tied=tied, vocab=vocab)
-    tensors = [SyntheticTensor(name, shape, dtype) for name, shape in _state_shapes(config)]
+    tensors = [SyntheticTensor(name, shape, dtype) for name, shape in _state_shapes(arch, config)]
     if fmt == "safetensors":
         write_synthetic_model(folder, config.to_dict(), tensors, seed=seed, max_shard_bytes=max_shard_bytes)
     elif fmt == "bin":
@@ -78,11 +386,14 @@ def _config(arch: str, *, layers: int, tied: bool, vocab: int):
     from transformers import AutoConfig
 
     kwargs = copy.deepcopy(ARCHITECTURES[arch])
+    layered = LAYERED[arch](layers) if arch in LAYERED else {LAYER_KEY.get(arch, "num_hidden_layers"): layers}
     if "text_config" in kwargs:  # the vocabulary and layer count belong to the text model
-        kwargs["text_config"].update(vocab_size=vocab, num_hidden_layers=layers)
+        kwargs["text_config"].update(vocab_size=vocab, **layered)
+        if arch not in _PINNED:
+            kwargs["text_config"]["tie_word_embeddings"] = tied
     else:
-        kwargs[LAYER_KEY.get(arch, "num_hidden_layers")] = layers
-    config = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
+        kwargs.update(layered)
+    config = AutoConfig.for_model(MODEL_TYPE.get(arch, arch), vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
     config.architectures = [_causal_lm_class(arch)]
     return config
 
@@ -92,23 +403,54 @@ def _causal_lm_class(arch: str) -> str:
 
 
 def _model_class(arch: str):
-    """The causal LM class of `arch`, else its image-text-to-text class (llava)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    """The class that AUTO_CLASS[arch] loads `arch`'s config with."""
+    import transformers
+    from transformers import AutoConfig
 
-    config_class = type(AutoConfig.for_model(arch))
-    if config_class in AutoModelForCausalLM._model_mapping:
-        return AutoModelForCausalLM._model_mapping[config_class]
-    return AutoModelForImageTextToText._model_mapping[config_class]
+    auto = getattr(transformers, AUTO_CLASS[arch])
+    return auto._model_mapping[type(AutoConfig.for_model(MODEL_TYPE.get(arch, arch)))]
 
 
-def _state_shapes(config) -> list[tuple[str, tuple[int, ...]]]:
+def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
     import torch
 
     with torch.device("meta"):
-        model = _model_class(config.model_type)._from_config(config)
-    state = model.state_dict()
+        model = _model_class(arch)._from_config(config)
     tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
-    return [(name, tuple(t.shape)) for name, t in state.items() if name not in tied]
+    state = {name: t for name, t in model.state_dict().items() if name not in tied}
+    if arch not in _PINNED:
+        # the names real checkpoints carry, as save_pretrained writes back a model from_pretrained loaded:
+        # transformers 5 renames and fuses some on load (per-expert MoE tensors -> one 3D tensor,
+        # language_model.model.* -> model.language_model.*, vision_tower.vision_model.* -> vision_tower.*)
+        # and reverts that on save. A model built from scratch would drop the prefix changes
+        # (vision_model., gemma3n's language_model.); with the loading mapping attached, save keeps them.
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import revert_weight_conversion
+
+        model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
+        state = revert_weight_conversion(model, state)
+    return [(name, tuple(t.shape)) for name, t in state.items()]
+
+
+_CACHE: dict[tuple[str, int, bool, int], Path] = {}
+_CACHE_DIR: list[Path] = []
+
+
+def cached_model(arch: str, *, layers: int = 4, tied: bool = False, seed: int = 0) -> Path:
+    """build_model(arch, ...) built once per test session (per process) under one temporary
+    folder, removed at exit. Callers must not write into the folder it returns."""
+    key = (arch, layers, tied, seed)
+    if key not in _CACHE:
+        if not _CACHE_DIR:
+            import atexit
+            import shutil
+            import tempfile
+
+            _CACHE_DIR.append(Path(tempfile.mkdtemp(prefix="mergesmith-models-")))
+            atexit.register(shutil.rmtree, _CACHE_DIR[0], ignore_errors=True)
+        folder = _CACHE_DIR[0] / f"{arch}-{layers}{'-tied' if tied else ''}-{seed}"
+        _CACHE[key] = build_model(folder, arch, layers=layers, tied=tied, seed=seed)
+    return _CACHE[key]
 
 
 def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed: int) -> None:

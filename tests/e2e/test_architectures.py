@@ -12,9 +12,11 @@ from transformers import AutoModelForCausalLM
 from factory import ARCHITECTURES, LAYER_KEY
 from mergesmith.api import merge
 
-# Text decoders; llava (a vision-language model: its layers live under text_config and
-# model.language_model) is merged by tests/compat, and its stacks are issue #16's.
-TEXT_DECODERS = sorted(arch for arch in ARCHITECTURES if arch != "llava")
+# Text decoders whose layers live under model.layers (gpt2: transformer.h); llava (a vision-language
+# model: its layers live under text_config and model.language_model) is merged by tests/compat, and its
+# stacks are issue #16's. The factory's other architectures are loaded by tests/unit/test_factory_models.py.
+TEXT_DECODERS = ("gemma2", "gpt2", "granite", "llama", "mistral", "phi3", "qwen2", "qwen3")
+assert set(TEXT_DECODERS) <= set(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
