@@ -212,8 +212,8 @@ def _apply_rules(
         if model_type not in rule.model_types:
             continue
         is_governed = rule.list_key is not None and part.get(rule.list_key) is not None
-        if is_governed and not any(k in part for k in rule.keys):
-            continue  # the list decides, and no setting of the rule can go stale
+        if is_governed and not (rule.read_elsewhere and any(k in part for k in rule.keys)):
+            continue  # the list decides, and no tool is known to read the rule's settings instead
         source_settings = rule_settings(rule, source_view, model_type)
         source_kinds = _kinds(rule, source_settings, count)
         if source_kinds is None:
@@ -240,9 +240,8 @@ def _apply_rules(
         elif is_governed:
             report.warnings.append(
                 f"{_name(rule, model_type)}: {_mismatch(rule, source_settings, sources, expected, actual)}. "
-                f"transformers reads {rule.list_key} instead, but a tool that reads "
-                f"{' / '.join(k for k in rule.keys if k in part)} builds the output wrongly: remove "
-                f"{'them' if len(rule.keys) > 1 else 'it'} from the output config.json if such a tool matters"
+                f"transformers 5.24 reads {rule.list_key} instead, but {rule.read_elsewhere} build the output "
+                "wrongly: load it with a transformers version that reads layer_types"
             )
         else:
             raise LayerConfigError(
@@ -260,7 +259,8 @@ def _fitting_rewrite(
         fix = rewrite(settings, expected)
         if fix is None or (keys_only and rule.list_key in fix):
             continue
-        if _kinds(rule, {**settings, **fix}, len(expected)) == expected:
+        # transformers reads the list before the rule, so a written list needs no check
+        if rule.list_key in fix or _kinds(rule, {**settings, **fix}, len(expected)) == expected:
             return fix
     return None
 

@@ -32,6 +32,8 @@ class Rule:
     model_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # where a model's differs
     why: str = ""  # why nothing describes the output, when no rewrite fits (rules without list_key)
     hint: str = ""  # str.format()ed with the source's settings
+    # who reads the settings even when the list is there; a setting nobody reads can go stale unnoticed
+    read_elsewhere: str = ""
 
 
 def rule_settings(rule: Rule, part: Mapping[str, Any], model_type: str | None) -> dict[str, Any]:
@@ -81,7 +83,8 @@ JAMBA_ATTENTION = Rule(
     defaults={"attn_layer_period": 8, "attn_layer_offset": 4},
     why="JambaConfig computes layers_block_type from these two settings and has no per-layer list to write instead",
     hint="keep each layer at its place in the {attn_layer_period}-layer cycle: start every slice at a multiple "
-    "of {attn_layer_period} and make it a whole number of cycles long (layer_range [0, {attn_layer_period}], [{attn_layer_period}, ...])",
+    "of {attn_layer_period} and make it a whole number of cycles long "
+    "(layer_range [0, {attn_layer_period}], [{attn_layer_period}, ...])",
 )
 JAMBA_EXPERTS = Rule(
     keys=("expert_layer_period", "expert_layer_offset"),
@@ -117,6 +120,9 @@ QWEN_MOE = Rule(
     where="qwen2_moe/modeling_qwen2_moe.py Qwen2MoeDecoderLayer: MoE unless layer_idx in mlp_only_layers or "
     "(layer_idx + 1) % decoder_sparse_step != 0; the same in qwen3_moe, qwen3_next, qwen3_vl_moe, qwen3_omni_moe",
     defaults={"decoder_sparse_step": 1, "mlp_only_layers": [], "num_experts": 1},
+    # not met: with decoder_sparse_step 1, mlp_only_layers can name any set of dense layers
+    why="no decoder_sparse_step / mlp_only_layers describes the output",
+    hint="keep each layer at its place in the {decoder_sparse_step}-layer cycle",
 )
 
 
@@ -265,23 +271,33 @@ def _layer_types(
     kind: Callable[[Settings, int], str],
     keys: tuple[str, ...] = (),
     defaults: Mapping[str, Any] | None = None,
-    model_defaults: Mapping[str, Any] | None = None,
+    *,
+    model_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    rewrite: Rewrite | None = None,
+    read_elsewhere: str = "",
 ) -> Rule:
-    """A layer_types default. transformers reads a saved layer_types first, so writing it always works."""
+    """A layer_types default. transformers reads a saved layer_types first, so writing it always works;
+    `rewrite` is tried before it, to keep the settings true for tools that read them (read_elsewhere)."""
     return Rule(
         keys,
         frozenset(model_types),
         lambda s, n: [kind(s, i) for i in range(n)],
-        (_write("layer_types"),),
+        (*([rewrite] if rewrite else []), _write("layer_types")),
         "layer_types",
         where,
         defaults or {},
         model_defaults or {},
+        read_elsewhere=read_elsewhere,
     )
 
 
-def _every_nth(key: str, hit: str, miss: str, shift: int = 1) -> Callable[[Settings, int], str]:
-    return lambda s, i: hit if (i + shift) % s[key] == 0 else miss
+def _full_every(key: str, other: str) -> Callable[[Settings, int], str]:
+    return lambda s, i: FULL if (i + 1) % s[key] == 0 else other
+
+
+def _full_every_rewrite(key: str, other: str) -> Rewrite:
+    # full attention at layers p - 1, 2p - 1, ...: the first full layer fixes p
+    return lambda s, expected: {key: _leading(expected, other) + 1}
 
 
 def _qwen2(s: Settings, i: int) -> str:
@@ -295,6 +311,8 @@ def _qwen2_moe(s: Settings, i: int) -> str:
     return SLIDING if (i + 1) % 2 and i < s["max_window_layers"] and s["use_sliding_window"] else FULL
 
 
+# transformers before layer_types (4.4x) read these settings in the modeling code, and so does code copied from it
+OLDER_TRANSFORMERS = "transformers versions before layer_types, and modeling code copied from them,"
 QWEN2_KEYS = ("max_window_layers", "use_sliding_window", "sliding_window")
 LAYER_TYPE_PATTERNS = (
     _layer_types(
@@ -305,16 +323,20 @@ LAYER_TYPE_PATTERNS = (
     _layer_types(
         {"gemma3_text"},
         "gemma3/configuration_gemma3.py: kwargs sliding_window_pattern",
-        _every_nth("sliding_window_pattern", FULL, SLIDING),
+        _full_every("sliding_window_pattern", SLIDING),
         ("sliding_window_pattern",),
         {"sliding_window_pattern": 6},
+        rewrite=_full_every_rewrite("sliding_window_pattern", SLIDING),
+        read_elsewhere=OLDER_TRANSFORMERS,
     ),
     _layer_types(
         {"cohere2"},
         "cohere2/configuration_cohere2.py: kwargs sliding_window_pattern",
-        _every_nth("sliding_window_pattern", FULL, SLIDING),
+        _full_every("sliding_window_pattern", SLIDING),
         ("sliding_window_pattern",),
         {"sliding_window_pattern": 4},
+        rewrite=_full_every_rewrite("sliding_window_pattern", SLIDING),
+        read_elsewhere=OLDER_TRANSFORMERS,
     ),
     _layer_types(
         {"gemma3n_text"}, "gemma3n/configuration_gemma3n.py", lambda s, i: FULL if (i + 1) % 5 == 0 else SLIDING
@@ -325,14 +347,14 @@ LAYER_TYPE_PATTERNS = (
     _layer_types(
         {"afmoe"},
         "afmoe/configuration_afmoe.py",
-        _every_nth("global_attn_every_n_layers", FULL, SLIDING),
+        _full_every("global_attn_every_n_layers", SLIDING),
         ("global_attn_every_n_layers",),
         {"global_attn_every_n_layers": 4},
     ),
     _layer_types(
         {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"},
         "qwen3_next/configuration_qwen3_next.py (and qwen3_5, qwen3_5_moe): kwargs full_attention_interval",
-        _every_nth("full_attention_interval", FULL, LINEAR),
+        _full_every("full_attention_interval", LINEAR),
         ("full_attention_interval",),
         {"full_attention_interval": 4},
     ),
@@ -342,7 +364,9 @@ LAYER_TYPE_PATTERNS = (
         _qwen2,
         QWEN2_KEYS,
         {"max_window_layers": 28, "use_sliding_window": False, "sliding_window": 4096},
-        {"qwen2_vl_text": {"max_window_layers": 80}, "qwen2_5_vl_text": {"max_window_layers": 80}},
+        model_defaults={"qwen2_vl_text": {"max_window_layers": 80}, "qwen2_5_vl_text": {"max_window_layers": 80}},
+        rewrite=lambda s, expected: {"max_window_layers": _leading(expected, FULL)},
+        read_elsewhere=OLDER_TRANSFORMERS,
     ),
     _layer_types(
         {"qwen2_moe"},
@@ -350,6 +374,7 @@ LAYER_TYPE_PATTERNS = (
         _qwen2_moe,
         QWEN2_KEYS[:2],
         {"max_window_layers": 28, "use_sliding_window": False},
+        read_elsewhere=OLDER_TRANSFORMERS,
     ),
 )
 
