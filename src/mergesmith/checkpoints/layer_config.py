@@ -141,7 +141,9 @@ def remap_layer_config(
         if value is not None:
             _set(out, key, REMAP[known.kind](key, value, sources, source_count))
     report = _Report([], [])
-    _apply_rules(part, out, sources, source_count, model_type or part.get("model_type"), report)
+    model_type = model_type or part.get("model_type")
+    _apply_rules(part, out, sources, source_count, model_type, report)
+    _warn_of_rules_elsewhere(part, model_type, report)
     _remap_unknown_keys(part, out, sources, source_count, report)
     return RemappedConfig(out, tuple(report.warnings), tuple(report.rewrites))
 
@@ -289,6 +291,19 @@ def _mismatch(
 
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
+def _warn_of_rules_elsewhere(part: Mapping[str, Any], model_type: str | None, report: _Report) -> None:
+    """A rule's setting in a model type the rule is not known for (a fork, a new model): maybe in force."""
+    for key in sorted({rule.keys[0] for rule in RULES if rule.keys and rule.keys[0] in part}):
+        rules = [rule for rule in RULES if key in rule.keys]
+        if any(model_type in rule.model_types for rule in rules) or any(r.list_key in part for r in rules):
+            continue
+        known = sorted({t for rule in rules for t in rule.model_types})
+        report.warnings.append(
+            f"{key}: decides layer kinds in {', '.join(known)}, but mergesmith does not know how model type "
+            f"{model_type!r} reads it, so the output's layers were not checked against it"
+        )
 
 
 # --- keys mergesmith does not know ---------------------------------------------------------------------

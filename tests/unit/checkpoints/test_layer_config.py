@@ -401,6 +401,19 @@ def test_zamba_layers_block_type_written_when_derived():
     assert remap(part, [0, 1, 2, 4, 3], 6) == {**part, "layers_block_type": [L, L, "hybrid", L, "hybrid"]}
 
 
+def test_a_rule_setting_in_a_model_type_without_the_rule_warns():
+    result = remap_layer_config({"model_type": "my_moe", "first_k_dense_replace": 1}, [1, 0], 2)
+    assert result.config == {"model_type": "my_moe", "first_k_dense_replace": 1}
+    assert result.warnings == (
+        "first_k_dense_replace: decides layer kinds in deepseek_v2, deepseek_v3, dots1, glm4_moe, glm4v_moe_text, "
+        "mistral4, but mergesmith does not know how model type 'my_moe' reads it, so the output's layers were not "
+        "checked against it",
+    )
+    # a saved list that the rule would derive decides instead
+    part = {"model_type": "my_qwen", "max_window_layers": 1, "layer_types": [F, S]}
+    assert remap_layer_config(part, [1, 0], 2).warnings == ()
+
+
 # --- layer_kinds ---------------------------------------------------------------------------------------------
 def test_layer_kinds_describe_each_layer():
     assert layer_kinds({"hidden_size": 8}, 2) is None
