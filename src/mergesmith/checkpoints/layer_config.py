@@ -229,28 +229,36 @@ def _apply_rules(
         if rule.list_key is not None and not is_governed:
             source_view.update(rule.rewrites[-1](source_settings, source_kinds) or {})
             output_view.update(rule.rewrites[-1](source_settings, actual or expected) or {})
-        if actual == expected:
-            continue
-        fix = _fitting_rewrite(rule, output_view, expected, model_type, keys_only=is_governed)
-        if fix is not None:
+        if actual != expected:
+            mismatch = _mismatch(rule, source_settings, sources, expected, actual)
+            fix = _settle(rule, output_view, expected, model_type, is_governed, mismatch, source_settings, report)
             out.update(fix)
             output_view.update(fix)
-            report.rewrites.append(
-                f"{', '.join(f'{k}: {v}' for k, v in fix.items())} "
-                f"({_mismatch(rule, source_settings, sources, expected, actual)})"
-            )
-        elif is_governed:
-            report.warnings.append(
-                f"{_name(rule, model_type)}: {_mismatch(rule, source_settings, sources, expected, actual)}. "
-                f"transformers 5.24 reads {rule.list_key} instead, but {rule.read_elsewhere} build the output "
-                "wrongly: load it with a transformers version that reads layer_types"
-            )
-        else:
-            raise LayerConfigError(
-                _name(rule, model_type),
-                f"{_mismatch(rule, source_settings, sources, expected, actual)}; {rule.why}",
-                hint=rule.hint.format(**source_settings),
-            )
+
+
+def _settle(
+    rule: Rule,
+    output_view: Mapping[str, Any],
+    expected: list[str],
+    model_type: str | None,
+    is_governed: bool,
+    mismatch: str,
+    source_settings: Mapping[str, Any],
+    report: _Report,
+) -> dict[str, Any]:
+    """The settings that make the rule describe the output; a warning when a saved list governs and none
+    fits (it decides in transformers 5.24), else LayerConfigError."""
+    fix = _fitting_rewrite(rule, output_view, expected, model_type, keys_only=is_governed)
+    if fix is not None:
+        report.rewrites.append(f"{', '.join(f'{k}: {v}' for k, v in fix.items())} ({mismatch})")
+        return fix
+    if not is_governed:
+        raise LayerConfigError(_name(rule, model_type), f"{mismatch}; {rule.why}", rule.hint.format(**source_settings))
+    report.warnings.append(
+        f"{_name(rule, model_type)}: {mismatch}. transformers 5.24 reads {rule.list_key} instead, but "
+        f"{rule.read_elsewhere} build the output wrongly: load it with a transformers version that reads layer_types"
+    )
+    return {}
 
 
 def _fitting_rewrite(
