@@ -305,7 +305,8 @@ def _warn_of_rules_elsewhere(part: Mapping[str, Any], model_type: str | None, re
     """A rule's setting in a model type the rule is not known for (a fork, a new model): maybe in force."""
     for key in sorted({rule.keys[0] for rule in RULES if rule.keys and rule.keys[0] in part}):
         rules = [rule for rule in RULES if key in rule.keys]
-        if any(model_type in rule.model_types for rule in rules) or any(r.list_key in part for r in rules):
+        lists = {r.list_key for r in rules} | {r.decided_elsewhere_by for r in rules}
+        if any(model_type in rule.model_types for rule in rules) or any(k in part for k in lists - {None}):
             continue
         known = sorted({t for rule in rules for t in rule.model_types})
         report.warnings.append(

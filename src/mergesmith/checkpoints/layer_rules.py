@@ -34,6 +34,8 @@ class Rule:
     hint: str = ""  # str.format()ed with the source's settings
     # who reads the settings even when the list is there; a setting nobody reads can go stale unnoticed
     read_elsewhere: str = ""
+    # a saved per-layer list that decides the same thing in the model types outside the rule
+    decided_elsewhere_by: str | None = None
 
 
 def rule_settings(rule: Rule, part: Mapping[str, Any], model_type: str | None) -> dict[str, Any]:
@@ -109,7 +111,9 @@ def _qwen_moe(s: Settings, n: int) -> Kinds:
 
 QWEN_MOE = Rule(
     keys=("decoder_sparse_step", "mlp_only_layers", "num_experts"),
-    model_types=frozenset({"qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_vl_moe_text", "qwen3_omni_moe_text"}),
+    model_types=frozenset(
+        {"qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_vl_moe_text", "qwen3_omni_moe_text", "flint"}
+    ),
     kinds=_qwen_moe,
     # mlp_only_layers can name any set of dense layers, the more so once the step is 1
     rewrites=(
@@ -118,8 +122,11 @@ QWEN_MOE = Rule(
     ),
     list_key=None,
     where="qwen2_moe/modeling_qwen2_moe.py Qwen2MoeDecoderLayer: MoE unless layer_idx in mlp_only_layers or "
-    "(layer_idx + 1) % decoder_sparse_step != 0; the same in qwen3_moe, qwen3_next, qwen3_vl_moe, qwen3_omni_moe",
+    "(layer_idx + 1) % decoder_sparse_step != 0; the same in qwen3_moe, qwen3_next, qwen3_vl_moe, flint and the "
+    "qwen3_omni_moe thinker (its talker overwrites the choice: every talker layer is MoE)",
     defaults={"decoder_sparse_step": 1, "mlp_only_layers": [], "num_experts": 1},
+    model_defaults={"flint": {"mlp_only_layers": [0, 1]}},
+    decided_elsewhere_by="mlp_layer_types",
     # not met: with decoder_sparse_step 1, mlp_only_layers can name any set of dense layers
     why="no decoder_sparse_step / mlp_only_layers describes the output",
     hint="keep each layer at its place in the {decoder_sparse_step}-layer cycle",
@@ -145,6 +152,7 @@ FIRST_K_DENSE = Rule(
     where="deepseek_v3/modeling_deepseek_v3.py: MoE if layer_idx >= config.first_k_dense_replace; the same in "
     "deepseek_v2, glm4_moe, glm4v_moe, dots1, mistral4",
     defaults={"moe_layer_freq": 1},
+    decided_elsewhere_by="mlp_layer_types",
     model_defaults={
         "deepseek_v2": {"first_k_dense_replace": 0},
         "deepseek_v3": {"first_k_dense_replace": 3},
@@ -165,6 +173,7 @@ LFM2_MOE = Rule(
     list_key=None,
     where="lfm2_moe/modeling_lfm2_moe.py Lfm2MoeDecoderLayer: dense MLP if layer_idx < config.num_dense_layers",
     defaults={"num_dense_layers": 2},
+    decided_elsewhere_by="mlp_layer_types",
     why="Lfm2MoeConfig has no per-layer list of MoE layers, and num_dense_layers can only say "
     "'the first k layers are dense'",
     hint="put the {num_dense_layers} dense layers first, each at most once, and only MoE layers after them",
@@ -191,6 +200,7 @@ ERNIE_MOE = Rule(
     where="ernie4_5_moe/modeling_ernie4_5_moe.py Ernie4_5_MoeDecoderLayer; configuration_ernie4_5_moe.py saves "
     "moe_layer_end_index -1 as num_hidden_layers - 1",
     defaults={"moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 1},
+    decided_elsewhere_by="mlp_layer_types",
     why="Ernie4_5_MoeConfig has no per-layer list of MoE layers; its settings describe one run of layers "
     "with MoE every moe_layer_interval layers",
     hint="keep the dense layers before {moe_layer_start_index} first and take MoE layers only after them",
@@ -204,6 +214,8 @@ def _kv_sharing(s: Settings, n: int) -> Kinds:
         return None
     if shared == 0:  # nothing reuses a cache, so which layer stores one does not matter
         return ["own_kv"] * n
+    if shared == n:  # gemma4's assistant models: every layer reuses the target model's caches
+        return ["shares_kv"] * n
     first = n - shared
     if set(types[:first]) != set(types):
         return None  # transformers raises: a shared layer's type has no layer producing its cache
@@ -214,13 +226,14 @@ def _kv_sharing(s: Settings, n: int) -> Kinds:
 
 KV_SHARING = Rule(
     keys=("num_kv_shared_layers",),
-    model_types=frozenset({"gemma3n_text", "gemma4_text"}),
+    model_types=frozenset({"gemma3n_text", "gemma4_text", "gemma4_unified_text"}),
     kinds=_kv_sharing,
     rewrites=(lambda s, e: {"num_kv_shared_layers": _leading(e[::-1], "shares_kv")},),
     list_key=None,
     where="gemma3n/configuration_gemma3n.py and gemma4/configuration_gemma4.py kv_sharing_modes; "
     "modeling_gemma3n.py is_kv_shared_layer (no k_proj/v_proj) and store_full_length_kv",
-    model_defaults={"gemma3n_text": {"num_kv_shared_layers": 15}, "gemma4_text": {"num_kv_shared_layers": 0}},
+    defaults={"num_kv_shared_layers": 0},  # gemma4, gemma4_unified
+    model_defaults={"gemma3n_text": {"num_kv_shared_layers": 15}},
     why="the config can only say 'the last k layers reuse the key/value states of the last earlier layer of "
     "their attention type'",
     hint="keep the last {num_kv_shared_layers} layers (they have no k_proj/v_proj) at the end, in order, right "
@@ -341,7 +354,11 @@ LAYER_TYPE_PATTERNS = (
     _layer_types(
         {"gemma3n_text"}, "gemma3n/configuration_gemma3n.py", lambda s, i: FULL if (i + 1) % 5 == 0 else SLIDING
     ),
-    _layer_types({"gemma4_text"}, "gemma4/configuration_gemma4.py", lambda s, i: FULL if (i + 1) % 6 == 0 else SLIDING),
+    _layer_types(
+        {"gemma4_text", "gemma4_unified_text"},
+        "gemma4/configuration_gemma4.py, gemma4_unified/configuration_gemma4_unified.py",
+        lambda s, i: FULL if (i + 1) % 6 == 0 else SLIDING,
+    ),
     _layer_types({"olmo3"}, "olmo3/configuration_olmo3.py", lambda s, i: FULL if (i + 1) % 4 == 0 else SLIDING),
     _layer_types({"minimax"}, "minimax/configuration_minimax.py", lambda s, i: FULL if (i + 1) % 2 else LINEAR),
     _layer_types(

@@ -395,6 +395,12 @@ def test_gemma3n_kv_sharing_kept_rewritten_and_refused():
     )
 
 
+def test_gemma4_assistant_shares_every_layer_and_stays_so():
+    part = {"model_type": "gemma4_text", "layer_types": [S, F, S], "num_kv_shared_layers": 3}
+    result = remap_layer_config(part, [2, 1], 3)
+    assert result.config == {**part, "layer_types": [S, F], "num_kv_shared_layers": 2}
+
+
 def test_zamba_layers_block_type_written_when_derived():
     part = {"model_type": "zamba", "attn_layer_period": 2, "attn_layer_offset": 0}
     # mamba, mamba, hybrid, then hybrid where (i - 3) % 2 == 0: 3 and 5 hybrid, 4 mamba
@@ -409,9 +415,13 @@ def test_a_rule_setting_in_a_model_type_without_the_rule_warns():
         "mistral4, but mergesmith does not know how model type 'my_moe' reads it, so the output's layers were not "
         "checked against it",
     )
-    # a saved list that the rule would derive decides instead
+    # a saved list that decides the same thing (transformers' convention) is remapped and decides instead
     part = {"model_type": "my_qwen", "max_window_layers": 1, "layer_types": [F, S]}
     assert remap_layer_config(part, [1, 0], 2).warnings == ()
+    part = {"model_type": "deepseek_v32", "first_k_dense_replace": 1, "mlp_layer_types": ["dense", "sparse"]}
+    assert remap_layer_config(part, [1, 0], 2) == type(remap_layer_config(part, [1, 0], 2))(
+        {**part, "mlp_layer_types": ["sparse", "dense"]}
+    )
 
 
 # --- layer_kinds ---------------------------------------------------------------------------------------------
