@@ -12,10 +12,12 @@ from typing import Any
 
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.checkpoints.config_fields import check_generation_config
+from mergesmith.checkpoints.layer_config import LayerConfigError, remap_layer_config
+from mergesmith.checkpoints.structure import Module
+from mergesmith.errors import PlanError
 from mergesmith.checkpoints.names import (
     DONOR_FILES,
     GENERATION_FILES,
-    PER_LAYER_KEYS,
     TOKEN_ID_KEYS,
     config_parts,
 )
@@ -50,14 +52,10 @@ def output_config(
         sources = layer_sources.get(module.name)
         if sources is None or module.stack is None or sources == list(range(module.count)):
             continue
+        if "." not in module.name:  # a role's second stack (Mllama's global_transformer) shares its part's lists with the first
+            _remap_layer_settings(config, module, sources, donor.ref.text)
         for path, key in module.count_keys:
             _part(config, path)[key] = len(sources)
-        for path in module.config_paths:
-            part = _part(config, path)
-            for key in PER_LAYER_KEYS:
-                values = part.get(key)
-                if isinstance(values, list) and len(values) == module.count:
-                    part[key] = [values[i] for i in sources]
     for part in config_parts(config):
         if "tie_word_embeddings" in part or part is config:
             # Never claim a tie that the tensors contradict: a written tied tensor means untied (a
@@ -67,6 +65,28 @@ def output_config(
         for key in [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]:
             config[key] = config_name(dtype)
     return config
+
+
+def _remap_layer_settings(config: dict[str, Any], module: Module, sources: list[int], model: str) -> None:
+    """The per-layer settings of the module's config part (its first: text_config over the top
+    level), rewritten to describe the output's layers (checkpoints/layer_config.py)."""
+    assert module.stack is not None
+    path = module.config_paths[0]
+    part = _part(config, path)
+    where = ".".join(path)
+    try:
+        remapped = remap_layer_config(part, sources, module.count)
+    except LayerConfigError as err:
+        raise PlanError(
+            f"the {module.name} of {model!r}: config.json {where + '.' if where else ''}{err}",
+            hint="choose slices whose layers the config can describe, or merge the module with all its layers in order",
+        ) from None
+    for message in remapped.warnings:
+        log.warning("the %s of %r: %s", module.name, model, message)
+    for message in remapped.rewrites:
+        log.info("the %s of %r: %s", module.name, model, message)
+    part.clear()
+    part.update(remapped.config)
 
 
 def _part(config: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

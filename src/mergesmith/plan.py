@@ -30,7 +30,8 @@ from mergesmith.plan_fp8 import Fp8Output, Fp8Rules
 from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
-from mergesmith.checkpoints.structure import TEXT_DECODER
+from mergesmith.checkpoints.layer_config import lists_layers
+from mergesmith.checkpoints.structure import TEXT_DECODER, config_part
 from mergesmith.recipe.schema import InputModel, InputSlice, OutputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary
 
@@ -476,7 +477,7 @@ def _plan_module(module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mappi
     for name in _module(checkpoints, last.sources[0][1].model, module.name).post_layer:
         builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
     if first_module.stack is not None:
-        _check_layer_order(module, first.sources[0][1].model, first_module, layer_sources)
+        _check_layer_order(module, checkpoints[first.sources[0][1].model], first_module, layer_sources)
     return layer_sources
 
 
@@ -494,13 +495,17 @@ def _first_layer_shared(stack: Stack) -> frozenset[str]:
     )
 
 
-def _check_layer_order(module: _ModuleSpec, model: str, first: Module, layer_sources: list[int]) -> None:
+def _check_layer_order(
+    module: _ModuleSpec, checkpoint: Checkpoint, first: Module, layer_sources: list[int]
+) -> None:
     """Refuse cuts the output could not describe: a layer 0 unlike every other layer (ModernBERT's
     has no attention norm) moved from the front, and per-layer blocks outside the layers."""
     stack = _out_stack(first)
     if layer_sources == list(range(stack.count)):
         return
-    if not first.count_keys:
+    model = checkpoint.ref.text
+    part = config_part(checkpoint.config, first.config_paths[0]) if first.config_paths else {}
+    if not first.count_keys and not lists_layers(part, stack.count):
         raise PlanError(
             f"{module.addressed_by}: no setting in the config.json of {model!r} holds the {stack.count} layers "
             f"of its {first.name} ({stack.prefix}), so the output's config could not say how many it has",

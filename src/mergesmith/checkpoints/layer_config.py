@@ -19,7 +19,15 @@ from typing import Any, Literal
 from mergesmith.checkpoints.layer_rules import RULES, Rule, rule_settings
 from mergesmith.checkpoints.layer_shapes import REMAP, LayerConfigError, checked_sources, describe, is_index
 
-__all__ = ["KNOWN_KEYS", "KnownKey", "LayerConfigError", "RemappedConfig", "layer_kinds", "remap_layer_config"]
+__all__ = [
+    "KNOWN_KEYS",
+    "KnownKey",
+    "LayerConfigError",
+    "RemappedConfig",
+    "layer_kinds",
+    "lists_layers",
+    "remap_layer_config",
+]
 
 Kind = Literal[
     "per_layer",  # a list with one entry per layer: output[i] = source[layer_sources[i]]
@@ -146,6 +154,16 @@ def remap_layer_config(
     _warn_of_rules_elsewhere(part, model_type, report)
     _remap_unknown_keys(part, out, sources, source_count, report)
     return RemappedConfig(out, tuple(report.warnings), tuple(report.rewrites))
+
+
+def lists_layers(part: Mapping[str, Any], count: int) -> bool:
+    """Whether a per-layer setting of `part` has one entry per each of `count` layers: for a
+    config that saves no count (Nemotron-H's is the length of layers_block_type), what says it."""
+    for key, known in KNOWN_KEYS.items():
+        value = _get(part, key)
+        if known.kind in ("per_layer", "per_layer_chars") and isinstance(value, list | str) and len(value) == count:
+            return True
+    return False
 
 
 def layer_kinds(part: Mapping[str, Any], count: int, *, model_type: str | None = None) -> tuple[str, ...] | None:
