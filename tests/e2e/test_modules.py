@@ -143,3 +143,19 @@ def test_modules_recipe_errors(tmp_path, make_model, modules, message):
     with pytest.raises(RecipeError) as err:
         plan(tmp_path / "r.yaml", model_paths={"v": src})
     assert err.value.message == message
+
+
+def test_cli_plan_prints_the_modules_first(tmp_path, make_model, capsys):
+    from mergesmith.cli import main
+
+    src = make_model("v", "llava", layers=4)
+    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: v, layer_range: [1, 4]}]\nmerge_method: passthrough\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(tmp_path / "r.yaml"), "--model-path", f"v={src}"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "module text_decoder: 3 layers, from slices",
+        "module vision_tower: 2 layers, from slices[0]'s models, whole",
+        "module multi_modal_projector: 0 layers, from slices[0]'s models, whole",
+    ]
