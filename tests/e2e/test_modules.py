@@ -159,3 +159,16 @@ def test_cli_plan_prints_the_modules_first(tmp_path, make_model, capsys):
         "module vision_tower: 2 layers, from slices[0]'s models, whole",
         "module multi_modal_projector: 0 layers, from slices[0]'s models, whole",
     ]
+
+
+def test_plain_slices_of_an_encoder_decoder_are_refused(tmp_path):
+    from factory import cached_model
+
+    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: t, layer_range: [0, 2]}]\nmerge_method: passthrough\n")
+    with pytest.raises(RecipeError) as err:
+        plan(tmp_path / "r.yaml", model_paths={"t": cached_model("t5")})
+    assert err.value.message == (
+        "slices: an encoder-decoder model has two stacks of layers (encoder and decoder); "
+        "plain slices cannot say which one their layer_range counts"
+    )
+    assert err.value.hint.startswith("write the recipe with modules: (encoder:")
