@@ -394,6 +394,10 @@ def _config(arch: str, *, layers: int, tied: bool, vocab: int):
     else:
         kwargs.update(layered)
     config = AutoConfig.for_model(MODEL_TYPE.get(arch, arch), vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
+    if arch not in _PINNED:
+        # T5Config forces tie_word_embeddings=True; untied T5 checkpoints (v1.1, flan-t5) say false and
+        # carry lm_head.weight, which transformers 5 then loads untied
+        config.tie_word_embeddings = tied
     config.architectures = [_causal_lm_class(arch)]
     return config
 
@@ -411,13 +415,22 @@ def _model_class(arch: str):
     return auto._model_mapping[type(AutoConfig.for_model(MODEL_TYPE.get(arch, arch)))]
 
 
-def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
+def _meta_model(arch: str, config):
     import torch
 
     with torch.device("meta"):
-        model = _model_class(arch)._from_config(config)
+        return _model_class(arch)._from_config(config)
+
+
+def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
+    model = _meta_model(arch, config)
     tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
     state = {name: t for name, t in model.state_dict().items() if name not in tied}
+    return [(name, tuple(t.shape)) for name, t in _saved_names(arch, model, state).items()]
+
+
+def _saved_names(arch: str, model, state: dict) -> dict:
+    """`state` (in-memory names) under the names save_pretrained writes."""
     if arch not in _PINNED:
         # the names real checkpoints carry, as save_pretrained writes back a model from_pretrained loaded:
         # transformers 5 renames and fuses some on load (per-expert MoE tensors -> one 3D tensor,
@@ -429,7 +442,7 @@ def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
 
         model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
         state = revert_weight_conversion(model, state)
-    return [(name, tuple(t.shape)) for name, t in state.items()]
+    return state
 
 
 _CACHE: dict[tuple[str, int, bool, int], Path] = {}
