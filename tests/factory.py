@@ -415,6 +415,11 @@ def _model_class(arch: str):
     return auto._model_mapping[type(AutoConfig.for_model(MODEL_TYPE.get(arch, arch)))]
 
 
+# tensors that real checkpoints leave out even untied: T5's encoder and decoder read `shared` (flan-t5
+# files hold shared.weight and lm_head.weight); transformers 5 ties them back on load
+_SHARED = {"t5": {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}}
+
+
 def _meta_model(arch: str, config):
     import torch
 
@@ -424,7 +429,7 @@ def _meta_model(arch: str, config):
 
 def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
     model = _meta_model(arch, config)
-    tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
+    tied = set(model.all_tied_weights_keys) | _SHARED.get(arch, set())  # tied by transformers; not saved
     state = {name: t for name, t in model.state_dict().items() if name not in tied}
     return [(name, tuple(t.shape)) for name, t in _saved_names(arch, model, state).items()]
 
