@@ -357,6 +357,54 @@ AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECT
 # their files stay as they were (llava keeps in-memory names: model.language_model.*, not language_model.model.*)
 _PINNED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "granite", "llava")
 
+# arch -> the stacks of numbered layers in its checkpoint: (role, the layers' tensor-name prefix as the
+# file spells it, the config key path of their count). Written by hand from real checkpoints' layouts;
+# tests/unit/test_factory_models.py checks it against transformers (derived_stacks) and the loaded model.
+# nemotron_h has no count key: its layer count is the length of layers_block_type, one entry per layer.
+_TEXT_DECODER = (("text_decoder", "model.layers", "num_hidden_layers"),)
+
+
+def _vlm(text: str, vision: str, vision_count: str = "vision_config.num_hidden_layers") -> tuple:
+    return (("text_decoder", text, "text_config.num_hidden_layers"), ("vision_tower", vision, vision_count))
+
+
+STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    **dict.fromkeys(
+        """llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe deepseek_v3 gemma gemma2 gemma3_text phi3
+        olmo olmo2 cohere cohere2 granite granitemoe jamba bamba lfm2 smollm3 gpt_oss""".split(),
+        _TEXT_DECODER,
+    ),
+    "gpt2": (("text_decoder", "transformer.h", "n_layer"),),
+    "gpt_neo": (("text_decoder", "transformer.h", "num_layers"),),
+    "falcon": (("text_decoder", "transformer.h", "num_hidden_layers"),),
+    "gpt_neox": (("text_decoder", "gpt_neox.layers", "num_hidden_layers"),),
+    "mamba": (("text_decoder", "backbone.layers", "num_hidden_layers"),),
+    "nemotron_h": (("text_decoder", "backbone.layers", "layers_block_type"),),
+    # the text model of Gemma3nForConditionalGeneration checkpoints, whose names it keeps
+    "gemma3n": (("text_decoder", "model.language_model.layers", "num_hidden_layers"),),
+    "bert": (("text_encoder", "bert.encoder.layer", "num_hidden_layers"),),
+    "roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
+    "modernbert": (("text_encoder", "model.layers", "num_hidden_layers"),),
+    "t5": (("encoder", "encoder.block", "num_layers"), ("decoder", "decoder.block", "num_decoder_layers")),
+    "whisper": (
+        ("encoder", "model.encoder.layers", "encoder_layers"),
+        ("decoder", "model.decoder.layers", "decoder_layers"),
+    ),
+    # pinned: transformers 5's in-memory names (real llava-1.5 files: those of llava_deep)
+    "llava": _vlm("model.language_model.layers", "model.vision_tower.encoder.layers"),
+    "llava_deep": _vlm("language_model.model.layers", "vision_tower.vision_model.encoder.layers"),
+    "gemma3": _vlm("language_model.model.layers", "vision_tower.vision_model.encoder.layers"),
+    "mistral3": _vlm("language_model.model.layers", "vision_tower.transformer.layers"),
+    "llama4": _vlm("language_model.model.layers", "vision_model.model.layers"),
+    "qwen2_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
+    "qwen2_5_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
+    # text layers 1 and 3 are cross-attention layers, counted in num_hidden_layers
+    "mllama": (
+        *_vlm("language_model.model.layers", "vision_model.transformer.layers"),
+        ("vision_global", "vision_model.global_transformer.layers", "vision_config.num_global_layers"),
+    ),
+}
+
 
 def build_model(
     folder: Path,
@@ -450,25 +498,109 @@ def _saved_names(arch: str, model, state: dict) -> dict:
     return state
 
 
-_CACHE: dict[tuple[str, int, bool, int], Path] = {}
-_CACHE_DIR: list[Path] = []
+def derived_stacks(arch: str, layers: int = 4) -> list[tuple[str, str, str]]:
+    """(in-memory prefix, prefix as saved, config key path) of each stack of `arch`'s model, found in
+    transformers alone (the oracle for STACKS): the top-level nn.ModuleLists on the meta device whose
+    length some count in the config equals and, raised by one, lengthens by one. A list with one entry
+    per layer counts by its length."""
+    import re
+
+    config = _config(arch, layers=layers, tied=False, vocab=128)
+    model = _meta_model(arch, config)
+    lengths = _layer_lists(model)
+    stacks = []
+    for path, count in _counts(config.to_dict()):
+        if count in lengths.values():
+            for prefix in sorted(_lengthened(arch, config, path, count) & {p for p, n in lengths.items() if n == count}):
+                layer0 = {n: t for n, t in model.state_dict().items() if n.startswith(f"{prefix}.0.")}
+                (saved,) = {re.match(r"(.*?)\.0\.", n).group(1) for n in _saved_names(arch, model, layer0)}
+                stacks.append((prefix, saved, path))
+    return stacks
 
 
-def cached_model(arch: str, *, layers: int = 4, tied: bool = False, seed: int = 0) -> Path:
-    """build_model(arch, ...) built once per test session (per process) under one temporary
-    folder, removed at exit. Callers must not write into the folder it returns."""
-    key = (arch, layers, tied, seed)
-    if key not in _CACHE:
-        if not _CACHE_DIR:
+def _layer_lists(model) -> dict[str, int]:
+    """In-memory name -> length of each non-empty nn.ModuleList outside any numbered layer."""
+    import re
+
+    from torch import nn
+
+    return {
+        name: len(module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) and not re.search(r"\.\d+(\.|$)", name)
+    }
+
+
+def _counts(config: dict, prefix: str = ""):
+    """(key path, count) of the config's integers and lists, sub-configs included."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _counts(value, f"{prefix}{key}.")
+        elif isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool)):
+            yield f"{prefix}{key}", len(value) if isinstance(value, list) else value
+
+
+def _lengthened(arch: str, config, path: str, count: int) -> set[str]:
+    """The layer lists of length count + 1 once the count at `path` is count + 1. A config that
+    refuses that alone (gemma3n: layer_types must match) gets its sibling per-layer lists grown too."""
+    import functools
+
+    def grow(value):  # a per-layer list grows by the entry two back, keeping a period-2 pattern
+        return value + (value[-2:-1] or value[-1:]) if isinstance(value, list) else value + 1
+
+    *parents, key = path.split(".")
+    for siblings in (False, True):
+        grown = copy.deepcopy(config)
+        owner = functools.reduce(getattr, parents, grown)
+        try:
+            if siblings:
+                for name, value in owner.to_dict().items():
+                    if name != key and isinstance(value, list) and len(value) == count:
+                        setattr(owner, name, grow(value))
+            setattr(owner, key, grow(getattr(owner, key)))
+            return {p for p, n in _layer_lists(_meta_model(arch, grown)).items() if n == count + 1}
+        except Exception:  # noqa: BLE001 - a config or model refusing the change: not this count
+            continue
+    return set()
+
+
+class ModelCache:
+    """build_model(arch, ...) once per (arch, layers, tied, vocab, seed), each under `root`.
+    Callers must not write into the folders it returns: other tests read them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[tuple[str, int, bool, int, int], Path] = {}
+
+    def __call__(self, arch: str, *, layers: int = 4, tied: bool = False, vocab: int = 128, seed: int = 0) -> Path:
+        key = (arch, layers, tied, vocab, seed)
+        if key not in self._built:
+            folder = self.root / f"{arch}-{layers}{'-tied' if tied else ''}-v{vocab}-s{seed}"
+            self._built[key] = build_model(folder, arch, layers=layers, tied=tied, vocab=vocab, seed=seed)
+        return self._built[key]
+
+
+_SESSION: list[ModelCache] = []
+
+
+def session_cache(root: Path | None = None) -> ModelCache:
+    """The process's one ModelCache: under `root` when the first call gives one (tests/conftest.py's
+    model_cache fixture gives pytest's session folder), else under a temporary folder removed at exit."""
+    if not _SESSION:
+        if root is None:
             import atexit
             import shutil
             import tempfile
 
-            _CACHE_DIR.append(Path(tempfile.mkdtemp(prefix="mergesmith-models-")))
-            atexit.register(shutil.rmtree, _CACHE_DIR[0], ignore_errors=True)
-        folder = _CACHE_DIR[0] / f"{arch}-{layers}{'-tied' if tied else ''}-{seed}"
-        _CACHE[key] = build_model(folder, arch, layers=layers, tied=tied, seed=seed)
-    return _CACHE[key]
+            root = Path(tempfile.mkdtemp(prefix="mergesmith-models-"))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SESSION.append(ModelCache(root))
+    return _SESSION[0]
+
+
+def cached_model(arch: str, *, layers: int = 4, tied: bool = False, vocab: int = 128, seed: int = 0) -> Path:
+    """build_model(arch, ...) built once per test session (per process); see session_cache."""
+    return session_cache()(arch, layers=layers, tied=tied, vocab=vocab, seed=seed)
 
 
 def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed: int) -> None:
