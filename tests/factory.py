@@ -313,7 +313,83 @@ ARCHITECTURES.update(
         ),
     }
 )
-LAYER_KEY = {"gpt2": "n_layer", "gpt_neo": "num_layers"}
+# More families people merge: older decoders, hybrids of the Qwen3-Next and Granite 4 kind, an encoder,
+# VLMs of the Qwen3-VL and SmolVLM kind, and an audio-language model (its audio tower deeper than text).
+_MROPE = dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])
+_MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=16)
+ARCHITECTURES.update(
+    {
+        "phi": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, partial_rotary_factor=0.5, **_TOKENS),
+        "gptj": dict(n_embd=32, n_head=4, rotary_dim=4, n_positions=64, **_TOKENS),
+        "stablelm": dict(**_LM, **_TOKENS),
+        "starcoder2": dict(**_LM, **_TOKENS),
+        "glm4": dict(**_LM, head_dim=8, **_TOKENS),
+        "exaone4": dict(**_LM, sliding_window=16, sliding_window_pattern=2, **_TOKENS),
+        "olmoe": dict(**_LM, num_experts=4, num_experts_per_tok=2, **_TOKENS),
+        # every 4th layer full attention, the others gated delta-net (the default full_attention_interval)
+        "qwen3_next": dict(
+            **_LM,
+            head_dim=8,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            **_TOKENS,
+        ),
+        "granitemoehybrid": dict(
+            **_LM, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32, **_MAMBA2, **_TOKENS
+        ),
+        "falcon_h1": dict(**_LM, head_dim=8, mamba_d_ssm=64, **_MAMBA2, **_TOKENS),
+        "xlm-roberta": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=64, **_TOKENS
+        ),
+        "qwen3_vl": dict(
+            vision_config=dict(
+                depth=6,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=32,
+                patch_size=8,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[1, 3],
+            ),
+            text_config=dict(**_LM, head_dim=8, rope_parameters=dict(_MROPE, mrope_interleaved=True), **_TOKENS),
+            **_VISION_TOKENS,
+        ),
+        "smolvlm": dict(
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(model_type="llama", **_LM, **_TOKENS),
+            image_token_id=3,
+            scale_factor=2,
+            pad_token_id=0,
+        ),
+        "qwen2_audio": dict(
+            audio_config=dict(
+                d_model=32,
+                encoder_layers=6,
+                encoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                num_mel_bins=16,
+                max_source_positions=16,
+            ),
+            text_config=dict(model_type="qwen2", **_LM, **_TOKENS),
+            audio_token_index=3,
+        ),
+    }
+)
+LAYER_KEY = {"gpt2": "n_layer", "gpt_neo": "num_layers", "gptj": "n_layer"}
 
 
 def _alternate(layers: int, first: str, second: str) -> list[str]:
@@ -333,6 +409,7 @@ LAYERED: dict[str, Any] = {
         layers_block_type=[("linear_attention", "full_attention", "mlp", "moe")[i % 4] for i in range(n)]
     ),
     "mllama": lambda n: dict(num_hidden_layers=n, cross_attention_layers=list(range(1, n, 2))),
+    "granitemoehybrid": lambda n: dict(num_hidden_layers=n, layer_types=_alternate(n, "mamba", "attention")),
     "gemma3n": lambda n: dict(
         num_hidden_layers=n,
         layer_types=_alternate(n, "sliding_attention", "full_attention"),
@@ -346,10 +423,22 @@ MODEL_TYPE = {"llava_deep": "llava", "gemma3n": "gemma3n_text"}
 # arch -> the transformers Auto class that loads it
 AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECTURES} | {
     **dict.fromkeys(
-        ("llava", "llava_deep", "qwen2_vl", "qwen2_5_vl", "mllama", "gemma3", "mistral3", "llama4"),
+        (
+            "llava",
+            "llava_deep",
+            "qwen2_vl",
+            "qwen2_5_vl",
+            "mllama",
+            "gemma3",
+            "mistral3",
+            "llama4",
+            "qwen3_vl",
+            "smolvlm",
+        ),
         "AutoModelForImageTextToText",
     ),
-    **dict.fromkeys(("bert", "roberta", "modernbert"), "AutoModelForMaskedLM"),
+    **dict.fromkeys(("bert", "roberta", "modernbert", "xlm-roberta"), "AutoModelForMaskedLM"),
+    "qwen2_audio": "AutoModelForMultimodalLM",
     "t5": "AutoModelForSeq2SeqLM",
     "whisper": "AutoModelForSpeechSeq2Seq",
 }
@@ -371,11 +460,13 @@ def _vlm(text: str, vision: str, vision_count: str = "vision_config.num_hidden_l
 STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
     **dict.fromkeys(
         """llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe deepseek_v3 gemma gemma2 gemma3_text phi3
-        olmo olmo2 cohere cohere2 granite granitemoe jamba bamba lfm2 smollm3 gpt_oss""".split(),
+        olmo olmo2 cohere cohere2 granite granitemoe jamba bamba lfm2 smollm3 gpt_oss phi stablelm starcoder2
+        glm4 exaone4 olmoe qwen3_next granitemoehybrid falcon_h1""".split(),
         _TEXT_DECODER,
     ),
     "gpt2": (("text_decoder", "transformer.h", "n_layer"),),
     "gpt_neo": (("text_decoder", "transformer.h", "num_layers"),),
+    "gptj": (("text_decoder", "transformer.h", "n_layer"),),
     "falcon": (("text_decoder", "transformer.h", "num_hidden_layers"),),
     "gpt_neox": (("text_decoder", "gpt_neox.layers", "num_hidden_layers"),),
     "mamba": (("text_decoder", "backbone.layers", "num_hidden_layers"),),
@@ -384,6 +475,7 @@ STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "gemma3n": (("text_decoder", "model.language_model.layers", "num_hidden_layers"),),
     "bert": (("text_encoder", "bert.encoder.layer", "num_hidden_layers"),),
     "roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
+    "xlm-roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
     "modernbert": (("text_encoder", "model.layers", "num_hidden_layers"),),
     "t5": (("encoder", "encoder.block", "num_layers"), ("decoder", "decoder.block", "num_decoder_layers")),
     "whisper": (
@@ -398,6 +490,17 @@ STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "llama4": _vlm("language_model.model.layers", "vision_model.model.layers"),
     "qwen2_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
     "qwen2_5_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
+    # Qwen3-VL files keep transformers 5's names; deepstack_merger_list holds one merger (not a layer) per
+    # entry of deepstack_visual_indexes, numbered like a stack
+    "qwen3_vl": (
+        *_vlm("model.language_model.layers", "model.visual.blocks", "vision_config.depth"),
+        ("vision_deepstack", "model.visual.deepstack_merger_list", "vision_config.deepstack_visual_indexes"),
+    ),
+    "smolvlm": _vlm("model.text_model.layers", "model.vision_model.encoder.layers"),
+    "qwen2_audio": (
+        ("text_decoder", "language_model.model.layers", "text_config.num_hidden_layers"),
+        ("audio_tower", "audio_tower.layers", "audio_config.encoder_layers"),
+    ),
     # text layers 1 and 3 are cross-attention layers, counted in num_hidden_layers
     "mllama": (
         *_vlm("language_model.model.layers", "vision_model.transformer.layers"),
@@ -510,8 +613,11 @@ def derived_stacks(arch: str, layers: int = 4) -> list[tuple[str, str, str]]:
     lengths = _layer_lists(model)
     stacks = []
     for path, count in _counts(config.to_dict()):
-        if count in lengths.values():
-            for prefix in sorted(_lengthened(arch, config, path, count) & {p for p, n in lengths.items() if n == count}):
+        if count not in lengths.values():
+            continue
+        for prefix in sorted(_lengthened(arch, config, path, count)):
+            if lengths.get(prefix) == count:
+                # the saved prefix: layer 0's tensors under the names save_pretrained writes
                 layer0 = {n: t for n, t in model.state_dict().items() if n.startswith(f"{prefix}.0.")}
                 (saved,) = {re.match(r"(.*?)\.0\.", n).group(1) for n in _saved_names(arch, model, layer0)}
                 stacks.append((prefix, saved, path))

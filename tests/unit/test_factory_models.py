@@ -16,7 +16,16 @@ from factory import ARCHITECTURES, AUTO_CLASS, STACKS, derived_stacks
 
 # configs the golden tests pin as they were written, token ids outside the vocabulary included
 PINNED_TOKEN_IDS = {"gpt2", "llava"}
-ROLES = {"text_decoder", "text_encoder", "vision_tower", "vision_global", "encoder", "decoder"}
+ROLES = {
+    "text_decoder",
+    "text_encoder",
+    "vision_tower",
+    "vision_global",
+    "vision_deepstack",
+    "audio_tower",
+    "encoder",
+    "decoder",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -85,7 +94,7 @@ def test_tied_builds_and_loads(arch, model_cache):
 
 
 # architectures that cannot tie (transformers has no tied keys for them; their checkpoints say false)
-NEVER_TIED = {"mllama", "nemotron_h"}
+NEVER_TIED = {"mllama", "nemotron_h", "qwen2_audio"}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -130,6 +139,16 @@ SAVED_NAMES = {
     ],
     "gemma3n": ["model.language_model.layers.3.mlp.up_proj.weight"],
     "gpt_neox": ["embed_out.weight"],
+    "qwen3_vl": [
+        "model.visual.deepstack_merger_list.1.linear_fc1.weight",
+        "model.language_model.layers.3.mlp.up_proj.weight",
+    ],
+    "smolvlm": [
+        "model.vision_model.encoder.layers.5.mlp.fc1.weight",
+        "model.connector.modality_projection.proj.weight",
+    ],
+    "qwen2_audio": ["audio_tower.layers.5.fc1.weight", "language_model.model.layers.3.mlp.up_proj.weight"],
+    "olmoe": ["model.layers.3.mlp.experts.3.gate_proj.weight"],
     "t5": ["shared.weight", "lm_head.weight"],
 }
 
@@ -170,8 +189,8 @@ def test_stacks_are_transformers_own(arch, model_cache):
 # config list (a key path on the loaded config) holding more than one kind.
 UNLIKE_LAYERS = {
     **dict.fromkeys(("jamba", "bamba", "nemotron_h", "lfm2", "deepseek_v3", "qwen2_moe", "qwen3_moe"), "tensors"),
-    **dict.fromkeys(("llama4", "mllama"), "tensors"),
-    **dict.fromkeys(("gemma2", "gemma3_text", "cohere2", "gpt_oss", "modernbert", "gemma3n"), "layer_types"),
+    **dict.fromkeys(("llama4", "mllama", "qwen3_next", "granitemoehybrid"), "tensors"),
+    **dict.fromkeys(("gemma2", "gemma3_text", "cohere2", "gpt_oss", "modernbert", "gemma3n", "exaone4"), "layer_types"),
     "gemma3": "text_config.layer_types",
     "gpt_neo": "attention_layers",
     "smollm3": "no_rope_layers",
