@@ -413,7 +413,8 @@ LAYERED: dict[str, Any] = {
     "gemma3n": lambda n: dict(
         num_hidden_layers=n,
         layer_types=_alternate(n, "sliding_attention", "full_attention"),
-        num_kv_shared_layers=n // 2,
+        # the last layers reuse earlier layers' key/values; those left must hold both kinds
+        num_kv_shared_layers=max(0, min(n // 2, n - 2)),
     ),
 }
 

@@ -179,10 +179,27 @@ def test_stacks_are_transformers_own(arch, model_cache):
     config, names = json.loads((folder / "config.json").read_text()), _names(folder)
     model = _load(folder, arch)
     for in_memory, saved, key in derived:
-        count = functools.reduce(dict.get, key.split("."), config)
-        count = len(count) if isinstance(count, list) else count
+        count = _count(config, key)
         indices = {int(m.group(1)) for n in names if (m := re.match(re.escape(saved) + r"\.(\d+)\.", n))}
         assert (sorted(indices), len(model.get_submodule(in_memory))) == (list(range(count)), count), saved
+
+
+def _count(config: dict, key: str) -> int:
+    value = functools.reduce(dict.get, key.split("."), config)
+    return len(value) if isinstance(value, list) else value
+
+
+TOWERS = ("vision_tower", "audio_tower")
+
+
+@pytest.mark.parametrize(
+    "arch", sorted(a for a, st in STACKS.items() if a != "llava" and {r for r, *_ in st} & {*TOWERS})
+)
+def test_towers_are_deeper_than_the_text_decoder(arch, model_cache):
+    """As in real checkpoints (llava keeps the 2-layer tower golden tests pin; llava_deep has 6)."""
+    config = json.loads((model_cache(arch) / "config.json").read_text())
+    counts = {role: _count(config, key) for role, _, key in STACKS[arch]}
+    assert all(counts[role] > counts["text_decoder"] for role in TOWERS if role in counts), counts
 
 
 # Layers not all built alike, visible with 4 layers: by the tensors each layer holds, or by a per-layer
