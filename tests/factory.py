@@ -3,7 +3,9 @@
 Names and shapes come from transformers itself (the model class built on the meta device; the names
 save_pretrained writes, except for the first nine architectures, which golden tests pin with
 transformers' in-memory names), values from mergesmith.synthetic's per-name seeded generator, so a
-model is the same bytes on every run.
+model is the same bytes on every run. AUTO_CLASS names the transformers Auto class that loads each;
+STACKS its stacks of numbered layers (checked against derived_stacks, which asks transformers alone);
+cached_model / tests/conftest.py's model_cache build each model once per session.
 """
 
 from __future__ import annotations
