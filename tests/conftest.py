@@ -16,7 +16,7 @@ REPO = TESTS.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(TESTS))
 
-from factory import build_model  # noqa: E402
+from factory import ModelCache, build_model, session_cache  # noqa: E402
 
 
 @pytest.fixture
@@ -27,6 +27,13 @@ def make_model(tmp_path):
         return build_model(tmp_path / "models" / name, arch, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> ModelCache:
+    """model_cache(arch, layers=4, tied=False, vocab=128, seed=0) -> folder of a random model, built once
+    per session (factory.cached_model shares it). Read-only: copy a folder before changing it."""
+    return session_cache(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

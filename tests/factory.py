@@ -3,7 +3,9 @@
 Names and shapes come from transformers itself (the model class built on the meta device; the names
 save_pretrained writes, except for the first nine architectures, which golden tests pin with
 transformers' in-memory names), values from mergesmith.synthetic's per-name seeded generator, so a
-model is the same bytes on every run.
+model is the same bytes on every run. AUTO_CLASS names the transformers Auto class that loads each;
+STACKS its stacks of numbered layers (checked against derived_stacks, which asks transformers alone);
+cached_model / tests/conftest.py's model_cache build each model once per session.
 """
 
 from __future__ import annotations
@@ -313,7 +315,83 @@ ARCHITECTURES.update(
         ),
     }
 )
-LAYER_KEY = {"gpt2": "n_layer", "gpt_neo": "num_layers"}
+# More families people merge: older decoders, hybrids of the Qwen3-Next and Granite 4 kind, an encoder,
+# VLMs of the Qwen3-VL and SmolVLM kind, and an audio-language model (its audio tower deeper than text).
+_MROPE = dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])
+_MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=16)
+ARCHITECTURES.update(
+    {
+        "phi": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, partial_rotary_factor=0.5, **_TOKENS),
+        "gptj": dict(n_embd=32, n_head=4, rotary_dim=4, n_positions=64, **_TOKENS),
+        "stablelm": dict(**_LM, **_TOKENS),
+        "starcoder2": dict(**_LM, **_TOKENS),
+        "glm4": dict(**_LM, head_dim=8, **_TOKENS),
+        "exaone4": dict(**_LM, sliding_window=16, sliding_window_pattern=2, **_TOKENS),
+        "olmoe": dict(**_LM, num_experts=4, num_experts_per_tok=2, **_TOKENS),
+        # every 4th layer full attention, the others gated delta-net (the default full_attention_interval)
+        "qwen3_next": dict(
+            **_LM,
+            head_dim=8,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            **_TOKENS,
+        ),
+        "granitemoehybrid": dict(
+            **_LM, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32, **_MAMBA2, **_TOKENS
+        ),
+        "falcon_h1": dict(**_LM, head_dim=8, mamba_d_ssm=64, **_MAMBA2, **_TOKENS),
+        "xlm-roberta": dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=64, **_TOKENS
+        ),
+        "qwen3_vl": dict(
+            vision_config=dict(
+                depth=6,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=32,
+                patch_size=8,
+                num_position_embeddings=16,
+                deepstack_visual_indexes=[1, 3],
+            ),
+            text_config=dict(**_LM, head_dim=8, rope_parameters=dict(_MROPE, mrope_interleaved=True), **_TOKENS),
+            **_VISION_TOKENS,
+        ),
+        "smolvlm": dict(
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
+            text_config=dict(model_type="llama", **_LM, **_TOKENS),
+            image_token_id=3,
+            scale_factor=2,
+            pad_token_id=0,
+        ),
+        "qwen2_audio": dict(
+            audio_config=dict(
+                d_model=32,
+                encoder_layers=6,
+                encoder_attention_heads=2,
+                encoder_ffn_dim=64,
+                num_mel_bins=16,
+                max_source_positions=16,
+            ),
+            text_config=dict(model_type="qwen2", **_LM, **_TOKENS),
+            audio_token_index=3,
+        ),
+    }
+)
+LAYER_KEY = {"gpt2": "n_layer", "gpt_neo": "num_layers", "gptj": "n_layer"}
 
 
 def _alternate(layers: int, first: str, second: str) -> list[str]:
@@ -333,10 +411,12 @@ LAYERED: dict[str, Any] = {
         layers_block_type=[("linear_attention", "full_attention", "mlp", "moe")[i % 4] for i in range(n)]
     ),
     "mllama": lambda n: dict(num_hidden_layers=n, cross_attention_layers=list(range(1, n, 2))),
+    "granitemoehybrid": lambda n: dict(num_hidden_layers=n, layer_types=_alternate(n, "mamba", "attention")),
     "gemma3n": lambda n: dict(
         num_hidden_layers=n,
         layer_types=_alternate(n, "sliding_attention", "full_attention"),
-        num_kv_shared_layers=n // 2,
+        # the last layers reuse earlier layers' key/values; those left must hold both kinds
+        num_kv_shared_layers=max(0, min(n // 2, n - 2)),
     ),
 }
 
@@ -346,16 +426,90 @@ MODEL_TYPE = {"llava_deep": "llava", "gemma3n": "gemma3n_text"}
 # arch -> the transformers Auto class that loads it
 AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECTURES} | {
     **dict.fromkeys(
-        ("llava", "llava_deep", "qwen2_vl", "qwen2_5_vl", "mllama", "gemma3", "mistral3", "llama4"),
+        (
+            "llava",
+            "llava_deep",
+            "qwen2_vl",
+            "qwen2_5_vl",
+            "mllama",
+            "gemma3",
+            "mistral3",
+            "llama4",
+            "qwen3_vl",
+            "smolvlm",
+        ),
         "AutoModelForImageTextToText",
     ),
-    **dict.fromkeys(("bert", "roberta", "modernbert"), "AutoModelForMaskedLM"),
+    **dict.fromkeys(("bert", "roberta", "modernbert", "xlm-roberta"), "AutoModelForMaskedLM"),
+    "qwen2_audio": "AutoModelForMultimodalLM",
     "t5": "AutoModelForSeq2SeqLM",
     "whisper": "AutoModelForSpeechSeq2Seq",
 }
 # the architectures written before LAYERED, MODEL_TYPE, nested tying and save_pretrained names existed:
 # their files stay as they were (llava keeps in-memory names: model.language_model.*, not language_model.model.*)
 _PINNED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "granite", "llava")
+
+# arch -> the stacks of numbered layers in its checkpoint: (role, the layers' tensor-name prefix as the
+# file spells it, the config key path of their count). Written by hand from real checkpoints' layouts;
+# tests/unit/test_factory_models.py checks it against transformers (derived_stacks) and the loaded model.
+# nemotron_h has no count key: its layer count is the length of layers_block_type, one entry per layer.
+_TEXT_DECODER = (("text_decoder", "model.layers", "num_hidden_layers"),)
+
+
+def _vlm(text: str, vision: str, vision_count: str = "vision_config.num_hidden_layers") -> tuple:
+    return (("text_decoder", text, "text_config.num_hidden_layers"), ("vision_tower", vision, vision_count))
+
+
+STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    **dict.fromkeys(
+        """llama mistral mixtral qwen2 qwen3 qwen2_moe qwen3_moe deepseek_v3 gemma gemma2 gemma3_text phi3
+        olmo olmo2 cohere cohere2 granite granitemoe jamba bamba lfm2 smollm3 gpt_oss phi stablelm starcoder2
+        glm4 exaone4 olmoe qwen3_next granitemoehybrid falcon_h1""".split(),
+        _TEXT_DECODER,
+    ),
+    "gpt2": (("text_decoder", "transformer.h", "n_layer"),),
+    "gpt_neo": (("text_decoder", "transformer.h", "num_layers"),),
+    "gptj": (("text_decoder", "transformer.h", "n_layer"),),
+    "falcon": (("text_decoder", "transformer.h", "num_hidden_layers"),),
+    "gpt_neox": (("text_decoder", "gpt_neox.layers", "num_hidden_layers"),),
+    "mamba": (("text_decoder", "backbone.layers", "num_hidden_layers"),),
+    "nemotron_h": (("text_decoder", "backbone.layers", "layers_block_type"),),
+    # the text model of Gemma3nForConditionalGeneration checkpoints, whose names it keeps
+    "gemma3n": (("text_decoder", "model.language_model.layers", "num_hidden_layers"),),
+    "bert": (("text_encoder", "bert.encoder.layer", "num_hidden_layers"),),
+    "roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
+    "xlm-roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
+    "modernbert": (("text_encoder", "model.layers", "num_hidden_layers"),),
+    "t5": (("encoder", "encoder.block", "num_layers"), ("decoder", "decoder.block", "num_decoder_layers")),
+    "whisper": (
+        ("encoder", "model.encoder.layers", "encoder_layers"),
+        ("decoder", "model.decoder.layers", "decoder_layers"),
+    ),
+    # pinned: transformers 5's in-memory names (real llava-1.5 files: those of llava_deep)
+    "llava": _vlm("model.language_model.layers", "model.vision_tower.encoder.layers"),
+    "llava_deep": _vlm("language_model.model.layers", "vision_tower.vision_model.encoder.layers"),
+    "gemma3": _vlm("language_model.model.layers", "vision_tower.vision_model.encoder.layers"),
+    "mistral3": _vlm("language_model.model.layers", "vision_tower.transformer.layers"),
+    "llama4": _vlm("language_model.model.layers", "vision_model.model.layers"),
+    "qwen2_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
+    "qwen2_5_vl": _vlm("model.layers", "visual.blocks", "vision_config.depth"),
+    # Qwen3-VL files keep transformers 5's names; deepstack_merger_list holds one merger (not a layer) per
+    # entry of deepstack_visual_indexes, numbered like a stack
+    "qwen3_vl": (
+        *_vlm("model.language_model.layers", "model.visual.blocks", "vision_config.depth"),
+        ("vision_deepstack", "model.visual.deepstack_merger_list", "vision_config.deepstack_visual_indexes"),
+    ),
+    "smolvlm": _vlm("model.text_model.layers", "model.vision_model.encoder.layers"),
+    "qwen2_audio": (
+        ("text_decoder", "language_model.model.layers", "text_config.num_hidden_layers"),
+        ("audio_tower", "audio_tower.layers", "audio_config.encoder_layers"),
+    ),
+    # text layers 1 and 3 are cross-attention layers, counted in num_hidden_layers
+    "mllama": (
+        *_vlm("language_model.model.layers", "vision_model.transformer.layers"),
+        ("vision_global", "vision_model.global_transformer.layers", "vision_config.num_global_layers"),
+    ),
+}
 
 
 def build_model(
@@ -394,6 +548,10 @@ def _config(arch: str, *, layers: int, tied: bool, vocab: int):
     else:
         kwargs.update(layered)
     config = AutoConfig.for_model(MODEL_TYPE.get(arch, arch), vocab_size=vocab, tie_word_embeddings=tied, **kwargs)
+    if arch not in _PINNED:
+        # T5Config forces tie_word_embeddings=True; untied T5 checkpoints (v1.1, flan-t5) say false and
+        # carry lm_head.weight, which transformers 5 then loads untied
+        config.tie_word_embeddings = tied
     config.architectures = [_causal_lm_class(arch)]
     return config
 
@@ -411,13 +569,27 @@ def _model_class(arch: str):
     return auto._model_mapping[type(AutoConfig.for_model(MODEL_TYPE.get(arch, arch)))]
 
 
-def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
+# tensors that real checkpoints leave out even untied: T5's encoder and decoder read `shared` (flan-t5
+# files hold shared.weight and lm_head.weight); transformers 5 ties them back on load
+_SHARED = {"t5": {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}}
+
+
+def _meta_model(arch: str, config):
     import torch
 
     with torch.device("meta"):
-        model = _model_class(arch)._from_config(config)
-    tied = set(model.all_tied_weights_keys)  # the tensors transformers ties (none when untied); not saved
+        return _model_class(arch)._from_config(config)
+
+
+def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
+    model = _meta_model(arch, config)
+    tied = set(model.all_tied_weights_keys) | _SHARED.get(arch, set())  # tied by transformers; not saved
     state = {name: t for name, t in model.state_dict().items() if name not in tied}
+    return [(name, tuple(t.shape)) for name, t in _saved_names(arch, model, state).items()]
+
+
+def _saved_names(arch: str, model, state: dict) -> dict:
+    """`state` (in-memory names) under the names save_pretrained writes."""
     if arch not in _PINNED:
         # the names real checkpoints carry, as save_pretrained writes back a model from_pretrained loaded:
         # transformers 5 renames and fuses some on load (per-expert MoE tensors -> one 3D tensor,
@@ -429,28 +601,115 @@ def _state_shapes(arch: str, config) -> list[tuple[str, tuple[int, ...]]]:
 
         model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
         state = revert_weight_conversion(model, state)
-    return [(name, tuple(t.shape)) for name, t in state.items()]
+    return state
 
 
-_CACHE: dict[tuple[str, int, bool, int], Path] = {}
-_CACHE_DIR: list[Path] = []
+def derived_stacks(arch: str, layers: int = 4) -> list[tuple[str, str, str]]:
+    """(in-memory prefix, prefix as saved, config key path) of each stack of `arch`'s model, found in
+    transformers alone (the oracle for STACKS): the top-level nn.ModuleLists on the meta device whose
+    length some count in the config equals and, raised by one, lengthens by one. A list with one entry
+    per layer counts by its length."""
+    import re
+
+    config = _config(arch, layers=layers, tied=False, vocab=128)
+    model = _meta_model(arch, config)
+    lengths = _layer_lists(model)
+    stacks = []
+    for path, count in _counts(config.to_dict()):
+        if count not in lengths.values():
+            continue
+        for prefix in sorted(_lengthened(arch, config, path, count)):
+            if lengths.get(prefix) == count:
+                # the saved prefix: layer 0's tensors under the names save_pretrained writes
+                layer0 = {n: t for n, t in model.state_dict().items() if n.startswith(f"{prefix}.0.")}
+                (saved,) = {re.match(r"(.*?)\.0\.", n).group(1) for n in _saved_names(arch, model, layer0)}
+                stacks.append((prefix, saved, path))
+    return stacks
 
 
-def cached_model(arch: str, *, layers: int = 4, tied: bool = False, seed: int = 0) -> Path:
-    """build_model(arch, ...) built once per test session (per process) under one temporary
-    folder, removed at exit. Callers must not write into the folder it returns."""
-    key = (arch, layers, tied, seed)
-    if key not in _CACHE:
-        if not _CACHE_DIR:
+def _layer_lists(model) -> dict[str, int]:
+    """In-memory name -> length of each non-empty nn.ModuleList outside any numbered layer."""
+    import re
+
+    from torch import nn
+
+    return {
+        name: len(module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) and not re.search(r"\.\d+(\.|$)", name)
+    }
+
+
+def _counts(config: dict, prefix: str = ""):
+    """(key path, count) of the config's integers and lists, sub-configs included."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _counts(value, f"{prefix}{key}.")
+        elif isinstance(value, list) or (isinstance(value, int) and not isinstance(value, bool)):
+            yield f"{prefix}{key}", len(value) if isinstance(value, list) else value
+
+
+def _lengthened(arch: str, config, path: str, count: int) -> set[str]:
+    """The layer lists of length count + 1 once the count at `path` is count + 1. A config that
+    refuses that alone (gemma3n: layer_types must match) gets its sibling per-layer lists grown too."""
+    import functools
+
+    def grow(value):  # a per-layer list grows by the entry two back, keeping a period-2 pattern
+        return value + (value[-2:-1] or value[-1:]) if isinstance(value, list) else value + 1
+
+    *parents, key = path.split(".")
+    for siblings in (False, True):
+        grown = copy.deepcopy(config)
+        owner = functools.reduce(getattr, parents, grown)
+        try:
+            if siblings:
+                for name, value in owner.to_dict().items():
+                    if name != key and isinstance(value, list) and len(value) == count:
+                        setattr(owner, name, grow(value))
+            setattr(owner, key, grow(getattr(owner, key)))
+            return {p for p, n in _layer_lists(_meta_model(arch, grown)).items() if n == count + 1}
+        except Exception:  # noqa: BLE001 - a config or model refusing the change: not this count
+            continue
+    return set()
+
+
+class ModelCache:
+    """build_model(arch, ...) once per (arch, layers, tied, vocab, seed), each under `root`.
+    Callers must not write into the folders it returns: other tests read them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[tuple[str, int, bool, int, int], Path] = {}
+
+    def __call__(self, arch: str, *, layers: int = 4, tied: bool = False, vocab: int = 128, seed: int = 0) -> Path:
+        key = (arch, layers, tied, vocab, seed)
+        if key not in self._built:
+            folder = self.root / f"{arch}-{layers}{'-tied' if tied else ''}-v{vocab}-s{seed}"
+            self._built[key] = build_model(folder, arch, layers=layers, tied=tied, vocab=vocab, seed=seed)
+        return self._built[key]
+
+
+_SESSION: list[ModelCache] = []
+
+
+def session_cache(root: Path | None = None) -> ModelCache:
+    """The process's one ModelCache: under `root` when the first call gives one (tests/conftest.py's
+    model_cache fixture gives pytest's session folder), else under a temporary folder removed at exit."""
+    if not _SESSION:
+        if root is None:
             import atexit
             import shutil
             import tempfile
 
-            _CACHE_DIR.append(Path(tempfile.mkdtemp(prefix="mergesmith-models-")))
-            atexit.register(shutil.rmtree, _CACHE_DIR[0], ignore_errors=True)
-        folder = _CACHE_DIR[0] / f"{arch}-{layers}{'-tied' if tied else ''}-{seed}"
-        _CACHE[key] = build_model(folder, arch, layers=layers, tied=tied, seed=seed)
-    return _CACHE[key]
+            root = Path(tempfile.mkdtemp(prefix="mergesmith-models-"))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _SESSION.append(ModelCache(root))
+    return _SESSION[0]
+
+
+def cached_model(arch: str, *, layers: int = 4, tied: bool = False, vocab: int = 128, seed: int = 0) -> Path:
+    """build_model(arch, ...) built once per test session (per process); see session_cache."""
+    return session_cache()(arch, layers=layers, tied=tied, vocab=vocab, seed=seed)
 
 
 def _write_bin(folder: Path, config: dict, tensors: list[SyntheticTensor], seed: int) -> None:
