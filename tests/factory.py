@@ -184,6 +184,17 @@ ARCHITECTURES.update(
             sep_token_id=2,
         ),
         "t5": dict(d_model=32, d_kv=8, d_ff=64, num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+        # T5 v1.1 / flan-t5: gated-GELU feed-forward (wi_0, wi_1), the layout mergekit 0.1.5's t5.json assumes
+        "t5_gated": dict(
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        ),
         "whisper": dict(
             d_model=32,
             encoder_attention_heads=4,
@@ -404,6 +415,7 @@ LAYERED: dict[str, Any] = {
         num_layers=n, attention_types=[[["global", "local"], n // 2]] + ([[["global"], 1]] if n % 2 else [])
     ),
     "t5": lambda n: dict(num_layers=n, num_decoder_layers=n),
+    "t5_gated": lambda n: dict(num_layers=n, num_decoder_layers=n),
     "whisper": lambda n: dict(encoder_layers=n, decoder_layers=n),
     "lfm2": lambda n: dict(num_hidden_layers=n, full_attn_idxs=list(range(1, n, 2))),
     "bamba": lambda n: dict(num_hidden_layers=n, attn_layer_indices=list(range(1, n, 2))),
@@ -421,7 +433,7 @@ LAYERED: dict[str, Any] = {
 }
 
 # arch -> model_type where the two differ
-MODEL_TYPE = {"llava_deep": "llava", "gemma3n": "gemma3n_text"}
+MODEL_TYPE = {"llava_deep": "llava", "gemma3n": "gemma3n_text", "t5_gated": "t5"}
 
 # arch -> the transformers Auto class that loads it
 AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECTURES} | {
@@ -443,6 +455,7 @@ AUTO_CLASS: dict[str, str] = {arch: "AutoModelForCausalLM" for arch in ARCHITECT
     **dict.fromkeys(("bert", "roberta", "modernbert", "xlm-roberta"), "AutoModelForMaskedLM"),
     "qwen2_audio": "AutoModelForMultimodalLM",
     "t5": "AutoModelForSeq2SeqLM",
+    "t5_gated": "AutoModelForSeq2SeqLM",
     "whisper": "AutoModelForSpeechSeq2Seq",
 }
 # the architectures written before LAYERED, MODEL_TYPE, nested tying and save_pretrained names existed:
@@ -481,6 +494,7 @@ STACKS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "xlm-roberta": (("text_encoder", "roberta.encoder.layer", "num_hidden_layers"),),
     "modernbert": (("text_encoder", "model.layers", "num_hidden_layers"),),
     "t5": (("encoder", "encoder.block", "num_layers"), ("decoder", "decoder.block", "num_decoder_layers")),
+    "t5_gated": (("encoder", "encoder.block", "num_layers"), ("decoder", "decoder.block", "num_decoder_layers")),
     "whisper": (
         ("encoder", "model.encoder.layers", "encoder_layers"),
         ("decoder", "model.decoder.layers", "decoder_layers"),
@@ -571,7 +585,7 @@ def _model_class(arch: str):
 
 # tensors that real checkpoints leave out even untied: T5's encoder and decoder read `shared` (flan-t5
 # files hold shared.weight and lm_head.weight); transformers 5 ties them back on load
-_SHARED = {"t5": {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}}
+_SHARED = {arch: {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"} for arch in ("t5", "t5_gated")}
 
 
 def _meta_model(arch: str, config):

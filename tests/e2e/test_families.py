@@ -23,7 +23,7 @@ from mergesmith.api import merge
 from mergesmith.errors import PlanError
 
 FAMILIES = sorted(ARCHITECTURES)
-ENCODER_DECODERS = {"t5", "whisper"}
+ENCODER_DECODERS = {"t5", "t5_gated", "whisper"}
 # output layers from source layers 0, 1, 1, 3, 3: two repeated, one dropped, one more than the source
 CUT = [0, 1, 1, 3, 3]
 SLICES = (

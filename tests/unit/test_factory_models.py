@@ -63,7 +63,7 @@ def _inputs(arch: str, model) -> dict:
     if arch == "whisper":  # (batch, mel bins, frames): the encoder takes exactly 2 * max_source_positions
         frames = 2 * model.config.max_source_positions
         return dict(input_features=torch.zeros(1, model.config.num_mel_bins, frames), decoder_input_ids=ids)
-    if arch == "t5":
+    if arch in ("t5", "t5_gated"):
         return dict(input_ids=ids, decoder_input_ids=ids)
     return dict(input_ids=ids)  # vision-language models: text only
 
@@ -150,6 +150,7 @@ SAVED_NAMES = {
     "qwen2_audio": ["audio_tower.layers.5.fc1.weight", "language_model.model.layers.3.mlp.up_proj.weight"],
     "olmoe": ["model.layers.3.mlp.experts.3.gate_proj.weight"],
     "t5": ["shared.weight", "lm_head.weight"],
+    "t5_gated": ["encoder.block.0.layer.1.DenseReluDense.wi_0.weight", "decoder.block.3.layer.2.DenseReluDense.wi_1.weight"],
 }
 
 
