@@ -60,14 +60,37 @@ def check_scenario(expected: dict, scenario, inputs: dict[str, Path], tmp: Path,
         return
     assert refusal is None, f"mergekit merged, mergesmith refused: {refusal}"
     tie_check = scenario.tie_check and resolve_tie_check(scenario.tie_check, inputs)
-    check_output(expected, scenario.compare, out, tie_check, truncated="unsafe_truncate_embeddings" in scenario.flags)
+    check_output(
+        expected,
+        scenario.compare,
+        out,
+        tie_check,
+        truncated="unsafe_truncate_embeddings" in scenario.flags,
+        extra_tensors=scenario.extra_tensors,
+    )
+    if scenario.extra_tensors:
+        check_loads_in_transformers(out, reads=scenario.extra_tensors)
 
 
 def check_output(
-    expected: dict, compare: str, out: Path, tie_check: dict | None = None, *, truncated: bool = False
+    expected: dict,
+    compare: str,
+    out: Path,
+    tie_check: dict | None = None,
+    *,
+    truncated: bool = False,
+    extra_tensors: tuple[str, ...] = (),
 ) -> None:
+    """`extra_tensors` (Scenario.extra_tensors): names our output must hold and mergekit's must lack;
+    every other tensor is compared as `compare` says."""
     config = json.loads((out / "config.json").read_text())
     actual = tensor_digests(out)
+    if extra_tensors:
+        in_mergekit = sorted(set(extra_tensors) & set(expected["tensors"]))
+        assert not in_mergekit, f"mergekit's output holds {in_mergekit}: no longer extra tensors"
+        missing = sorted(set(extra_tensors) - set(actual))
+        assert not missing, f"the extra tensors {missing} are not in mergesmith's output"
+        actual = {name: d for name, d in actual.items() if name not in extra_tensors}
     assert layer_count(config) == expected["config"]["layers"], "layer count"
     if truncated:
         # mergekit keeps the donor's vocab_size after truncating; ours says the rows written
@@ -94,6 +117,23 @@ def check_output(
         assert output_vocabulary(out) == expected["vocabulary"], "output vocabulary"
     if "chat" in expected:
         assert rendered_chat(out) == expected["chat"], "rendered chat template"
+
+
+def check_loads_in_transformers(out: Path, *, reads: tuple[str, ...] = ()):
+    """The output loads in transformers (the class config.json names) with no missing, unexpected
+    or mismatched keys, and the model reads every name in `reads` (a tensor it would miss without
+    it). Returns the model."""
+    import torch
+    import transformers
+
+    config = json.loads((out / "config.json").read_text())
+    cls = getattr(transformers, config["architectures"][0])
+    model, info = cls.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
+    problems = {key: info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[key]}
+    assert not problems, problems
+    unread = sorted(set(reads) - set(model.state_dict()))
+    assert not unread, f"transformers does not read {unread}"
+    return model
 
 
 def check_finite(out: Path) -> None:

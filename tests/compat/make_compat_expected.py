@@ -108,6 +108,9 @@ def record(python: str, cases: list[dict], inputs: dict[str, Path], tmp: Path) -
     expected: dict[str, Any] = {}
     for case, job in zip(cases, jobs, strict=True):
         entry = dict(results[case["name"]])
+        if "error" in entry:  # the input folders (temporary) as the model names the recipe wrote
+            for name, folder in sorted(inputs.items(), key=lambda item: -len(str(item[1]))):
+                entry["error"] = entry["error"].replace(str(folder), name)
         if entry["accepted"]:
             entry.update(describe_output(Path(job["out"]), vocabulary=case["vocabulary"], chat=case["chat"]))
             if case.get("tie_check"):

@@ -36,6 +36,9 @@ class Scenario:
     vocabulary: bool = False  # record the output tokenizer's vocabulary
     note: str = ""
     tie_check: dict[str, Any] | None = None  # {"base", "models", "density", "dtype"}: see "ties"
+    # tensors mergesmith writes that mergekit's output lacks although transformers needs them: allowed
+    # only absent from mergekit's output, present in ours, and read by transformers (compare.check_output)
+    extra_tensors: tuple[str, ...] = ()
     models: tuple[str, ...] = field(default=())  # filled in by _scenario: every model the recipe names
 
 
