@@ -281,6 +281,95 @@ def _dtypes() -> list[Scenario]:
     return out
 
 
+def _weighted(a: str, b: str, **slice_range: Any) -> list[dict]:
+    """Two sources, weights 0.6/0.4 (as _two_model); with layer_range=[i, j] a slice's sources."""
+    return [
+        {"model": a, **slice_range, "parameters": {"weight": 0.6}},
+        {"model": b, **slice_range, "parameters": {"weight": 0.4}},
+    ]
+
+
+def _multi_module() -> list[Scenario]:
+    """Models of more than one module (not in mergekit's own tests): what mergekit 0.1.5 does with a
+    T5 v1.1, a LLaVA and a Whisper. How mergesmith is held to each: MODULE_DIFFERENCES in
+    test_mergekit_suite.py (where it differs on purpose, or where mergekit cannot run it)."""
+    t5a, t5b = "suite/t5_a", "suite/t5_b"
+    t5_modules = {
+        "merge_method": "linear",
+        "modules": {
+            "encoder": {"models": _weighted(t5a, t5b)},
+            "decoder": {"slices": [{"sources": _weighted(t5a, t5b, layer_range=[0, 2])}]},
+        },
+        "dtype": "bfloat16",
+    }
+    la, lb = "suite/llava_deep_a", "suite/llava_deep_b"
+    va, vb = "suite/vlm_a", "suite/vlm_b"
+    llava_slerp = {
+        "merge_method": "slerp",
+        "base_model": la,
+        "models": [{"model": la}, {"model": lb}],
+        "parameters": {"t": 0.35},
+        "dtype": "bfloat16",
+    }
+    # mergekit has no llava file: it infers one module per layer-name prefix, named by the prefix
+    # (the layers' own), plus "default" for every tensor outside the layers
+    # (transformers' in-memory names, those of suite/vlm_*), plus "default" for every tensor outside
+    # the layers. Both recipes merge what vlm/linear merges: the same tensors are expected.
+    llava_modules = {
+        "merge_method": "linear",
+        "modules": {
+            "model.language_model.layers": {"slices": [{"sources": _weighted(va, vb, layer_range=[0, 2])}]},
+            "model.vision_tower.encoder.layers": {"models": _weighted(va, vb)},
+            "default": {"models": _weighted(va, vb)},
+        },
+        "dtype": "bfloat16",
+    }
+    # the same with mergesmith's module names (docs/architectures.md)
+    llava_roles = {
+        "merge_method": "linear",
+        "modules": {
+            "text_decoder": {"slices": [{"sources": _weighted(va, vb, layer_range=[0, 2])}]},
+            "vision_tower": {"models": _weighted(va, vb)},
+            "multi_modal_projector": {"models": _weighted(va, vb)},
+        },
+        "dtype": "bfloat16",
+    }
+    # mergekit's T5 file has a third module, "shared" (shared.weight, lm_head.weight)
+    t5_shared = {**t5_modules, "modules": {**t5_modules["modules"], "shared": {"models": _weighted(t5a, t5b)}}}
+    # the text decoder's layers 0, 1, 1 (a cut people write for a LLaVA: layer_range counts the text layers)
+    llava_slices = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": va, "layer_range": [0, 2]}]}, {"sources": [{"model": va, "layer_range": [1, 2]}]}],
+        "dtype": "bfloat16",
+    }
+    wa, wb = "suite/whisper_a", "suite/whisper_b"
+    whisper_modules = {
+        "merge_method": "linear",
+        "modules": {
+            "encoder": {"models": _weighted(wa, wb)},
+            "decoder": {"slices": [{"sources": _weighted(wa, wb, layer_range=[0, 2])}]},
+        },
+        "dtype": "bfloat16",
+    }
+    return [
+        _scenario(
+            "modules/t5-modules-linear",
+            t5_modules,
+            note="encoder models:, decoder slices:; mergekit leaves its 'shared' module out",
+            extra_tensors=("lm_head.weight", "shared.weight"),
+        ),
+        _scenario("modules/t5-modules-shared-linear", t5_shared, note="mergekit's three T5 modules"),
+        _scenario("modules/t5-linear", _two_model(t5a, t5b, "linear")),
+        _scenario("modules/llava-linear", _two_model(la, lb, "linear")),
+        _scenario("modules/llava-slerp", llava_slerp),
+        _scenario("modules/llava-modules-prefixes", llava_modules, note="mergekit's inferred module names"),
+        _scenario("modules/llava-modules-roles", llava_roles, note="mergesmith's module names"),
+        _scenario("modules/llava-slices", llava_slices, note="plain slices on a multi-module model"),
+        _scenario("modules/whisper-linear", _two_model(wa, wb, "linear")),
+        _scenario("modules/whisper-modules-linear", whisper_modules),
+    ]
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     *_gpt2_and_granite(),
     *_basic("basic", "suite/a", "suite/b", "suite/c"),
@@ -290,6 +379,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     *_chat_template(),
     *_truncation(),
     *_dtypes(),
+    *_multi_module(),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "scenario names must be unique"

@@ -98,6 +98,15 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     # test_merge_dtypes.py: bfloat16 weights with float32 norms, and a float32 model
     "suite/mixed": lambda f: _mixed_precision(f, 20),
     "suite/f32": lambda f: _picollama(f, 21),
+    # multi-module models (not in mergekit's own tests): T5 v1.1 (gated-GELU, untied), LLaVA with the
+    # names real llava-1.5 files carry (language_model.model.*, a CLIP tower deeper than the text
+    # stack), Whisper; 2 layers per stack (llava_deep's tower: 6), float32
+    "suite/t5_a": lambda f: build_model(f, "t5_gated", layers=2, vocab=64, dtype="F32", seed=22),
+    "suite/t5_b": lambda f: build_model(f, "t5_gated", layers=2, vocab=64, dtype="F32", seed=23),
+    "suite/llava_deep_a": lambda f: build_model(f, "llava_deep", layers=2, vocab=64, dtype="F32", seed=24),
+    "suite/llava_deep_b": lambda f: build_model(f, "llava_deep", layers=2, vocab=64, dtype="F32", seed=25),
+    "suite/whisper_a": lambda f: build_model(f, "whisper", layers=2, vocab=64, dtype="F32", seed=26),
+    "suite/whisper_b": lambda f: build_model(f, "whisper", layers=2, vocab=64, dtype="F32", seed=27),
 }
 
 
