@@ -42,8 +42,14 @@ def run_mergesmith(recipe: dict, flags: tuple[str, ...], inputs: dict[str, Path]
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     try:
-        merge(path, out, model_paths=inputs, options=merge_options(flags), allow_crimes="allow_crimes" in flags,
-              unsafe_truncate_embeddings="unsafe_truncate_embeddings" in flags)
+        merge(
+            path,
+            out,
+            model_paths=inputs,
+            options=merge_options(flags),
+            allow_crimes="allow_crimes" in flags,
+            unsafe_truncate_embeddings="unsafe_truncate_embeddings" in flags,
+        )
     except MergesmithError as err:
         return err
     return None

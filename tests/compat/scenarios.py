@@ -339,7 +339,10 @@ def _multi_module() -> list[Scenario]:
     # the text decoder's layers 0, 1, 1 (a cut people write for a LLaVA: layer_range counts the text layers)
     llava_slices = {
         "merge_method": "passthrough",
-        "slices": [{"sources": [{"model": va, "layer_range": [0, 2]}]}, {"sources": [{"model": va, "layer_range": [1, 2]}]}],
+        "slices": [
+            {"sources": [{"model": va, "layer_range": [0, 2]}]},
+            {"sources": [{"model": va, "layer_range": [1, 2]}]},
+        ],
         "dtype": "bfloat16",
     }
     wa, wb = "suite/whisper_a", "suite/whisper_b"

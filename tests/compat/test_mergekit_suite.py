@@ -131,8 +131,6 @@ REFUSED_ON_PURPOSE = {
 }
 
 
-
-
 def _tensors(folder: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -145,7 +143,6 @@ def test_scenario_differs_from_mergekit_on_purpose(name: str, inputs: dict[str, 
     """mergekit still does what DIFFERS_ON_PURPOSE says; mergesmith merges, its output loads in
     transformers with every key, and holds what the scenario asks."""
     import torch
-
     from suite_models import tensor_digests
 
     scenario, (kind, what) = BY_NAME[name], DIFFERS_ON_PURPOSE[name]
@@ -163,7 +160,9 @@ def test_scenario_differs_from_mergekit_on_purpose(name: str, inputs: dict[str, 
         assert len(expected["tensors"]) < len(actual)
         renamed = {}
         for mk_name, digest in expected["tensors"].items():
-            ours = next((mk_name.replace(a, b, 1) for a, b in IN_MEMORY_TO_FILE.items() if mk_name.startswith(a)), mk_name)
+            ours = next(
+                (mk_name.replace(a, b, 1) for a, b in IN_MEMORY_TO_FILE.items() if mk_name.startswith(a)), mk_name
+            )
             renamed[ours] = digest
         assert {n: actual.get(n) for n in renamed} == renamed
     elif name == "modules/llava-modules-roles":

@@ -150,7 +150,10 @@ SAVED_NAMES = {
     "qwen2_audio": ["audio_tower.layers.5.fc1.weight", "language_model.model.layers.3.mlp.up_proj.weight"],
     "olmoe": ["model.layers.3.mlp.experts.3.gate_proj.weight"],
     "t5": ["shared.weight", "lm_head.weight"],
-    "t5_gated": ["encoder.block.0.layer.1.DenseReluDense.wi_0.weight", "decoder.block.3.layer.2.DenseReluDense.wi_1.weight"],
+    "t5_gated": [
+        "encoder.block.0.layer.1.DenseReluDense.wi_0.weight",
+        "decoder.block.3.layer.2.DenseReluDense.wi_1.weight",
+    ],
 }
 
 
