@@ -103,3 +103,37 @@ def test_module_named_by_its_alias_and_its_name_is_refused(tmp_path, capsys):
         "modules.text_decoder: module 'text_decoder' is built by modules.default already",
         "hint: list each module once ('default' is mergekit's name for the text_decoder)",
     )
+
+
+# --- a tower's config part: its layer count keys were read, but never checked (text_config's are)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c["vision_config"].update(num_hidden_layers="2"), 'vision_config.num_hidden_layers is a string ("2")'),
+        (lambda c: c["vision_config"].update(num_hidden_layers=True), "vision_config.num_hidden_layers is true"),
+        (lambda c: c["vision_config"].update(num_hidden_layers=-2), "vision_config.num_hidden_layers is an integer (-2)"),
+        (lambda c: c["vision_config"].update(num_hidden_layers=2.0), "vision_config.num_hidden_layers is a number (2.0)"),
+        (lambda c: c.update(vision_config=[c["vision_config"]]), "vision_config is a list"),
+        (lambda c: c.update(vision_config="clip"), 'vision_config is a string ("clip"), expected an object of settings'),
+    ],
+    ids=["string", "bool", "negative", "float", "list", "name"],
+)
+def test_vision_config_count_of_the_wrong_type_is_refused(tmp_path, capsys, change, expected):
+    # each was merged with exit 0 into an output transformers cannot build, and verify passed it
+    folder = shutil.copytree(cached_model("llava"), tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    code, err, out = merge(tmp_path, "models: [{model: a}]\nmerge_method: passthrough\n", {"a": folder}, capsys)
+    refused(code, err, out, f"model 'a': {folder / 'config.json'}: {expected}", "hint: fix vision_config")
+
+
+def test_audio_config_count_of_the_wrong_type_is_refused(tmp_path, capsys):
+    folder = shutil.copytree(cached_model("qwen2_audio"), tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    config["audio_config"]["encoder_layers"] = "4"
+    (folder / "config.json").write_text(json.dumps(config))
+    code, err, out = merge(tmp_path, "models: [{model: a}]\nmerge_method: passthrough\n", {"a": folder}, capsys)
+    refused(code, err, out, 'config.json: audio_config.encoder_layers is a string ("4"), expected a whole number of layers')
