@@ -17,7 +17,12 @@ from typing import Any
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint, Module, Stack, Structure
 from mergesmith.checkpoints.fp8 import FP8, BlockScales, input_scales, scale_shape
-from mergesmith.checkpoints.names import FIRST_LAYER_SHARED_MARKERS, PER_LAYER_BLOCK_MARKERS, is_vocabulary_tensor
+from mergesmith.checkpoints.names import (
+    FIRST_LAYER_SHARED_MARKERS,
+    MAIN_MODULE_ALIASES,
+    PER_LAYER_BLOCK_MARKERS,
+    is_vocabulary_tensor,
+)
 from mergesmith.checkpoints.safetensors_file import TensorInfo
 from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
@@ -208,6 +213,8 @@ def plan_merge(
     builder.device = device
     layer_sources = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
     entries = tuple(builder.entries)
+    # one entry per output tensor: two would be written into one file, leaving a hole safetensors refuses
+    assert len({e.output for e in entries}) == len(entries), "a tensor is planned twice"
     tied_written = writes_tied_target(checkpoints[donor].config, (e.output for e in entries)) is not None
     config = metadata.output_config(
         checkpoints[donor], tied_written, layer_sources, builder.fp8.config_dtype(out_dtype), quantized=out_dtype == FP8
@@ -587,7 +594,16 @@ def _module_names(recipe: Recipe, structure: Structure) -> list[str]:
                 f"modules.{name}: the models have no module {name!r}",
                 hint=f"their modules are: {known} (mergesmith plan shows what each holds)",
             )
-    named = {structure.module(name).name for name in recipe.modules}  # type: ignore[union-attr]
+    built_by: dict[str, str] = {}
+    for name in recipe.modules:
+        module = structure.module(name).name  # type: ignore[union-attr]
+        if module in built_by:  # "default" and "text_decoder": the plan would write each tensor twice
+            raise RecipeError(
+                f"modules.{name}: module {module!r} is built by modules.{built_by[module]} already",
+                hint=f"list each module once ({MAIN_MODULE_ALIASES[0]!r} is mergekit's name for the {structure.main.name})",
+            )
+        built_by[module] = name
+    named = set(built_by)
     missing = [m.name for m in structure.modules if m.name not in named]
     if missing:
         raise RecipeError(

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mergesmith.checkpoints.names import LAYER_COUNT_KEYS, NESTED_CONFIG_KEYS, PER_LAYER_KEYS, TOKEN_ID_KEYS
+from mergesmith.checkpoints.names import (
+    LAYER_COUNT_KEYS,
+    NESTED_CONFIG_KEYS,
+    PER_LAYER_KEYS,
+    ROLE_CONFIG_PARTS,
+    ROLE_COUNT_KEYS,
+    TOKEN_ID_KEYS,
+)
 from mergesmith.checkpoints.safe_json import is_count, json_type
 from mergesmith.errors import CheckpointError
 
@@ -37,6 +44,14 @@ _CONFIG_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     **{key: (lambda v: type(v) is dict, "an object of settings") for key in NESTED_CONFIG_KEYS},
 }
 
+# a tower's config part (vision_config, audio_config) -> the keys that count its layers (structure.py reads them)
+_TOWER_PARTS: dict[str, tuple[str, ...]] = {
+    path[0]: ROLE_COUNT_KEYS[role]
+    for role, paths in ROLE_CONFIG_PARTS.items()
+    for path in paths
+    if path and path[0] not in NESTED_CONFIG_KEYS
+}
+
 
 def check_config(config: object, path: Path, model: str) -> dict[str, Any]:
     """config.json's content, checked: an object whose fields we read have the types transformers writes."""
@@ -46,6 +61,10 @@ def check_config(config: object, path: Path, model: str) -> dict[str, Any]:
     for key in NESTED_CONFIG_KEYS:
         if isinstance(config.get(key), dict):
             _check_fields(config[key], f"{key}.", path, model, _CONFIG_FIELDS)
+    _check_fields(config, "", path, model, {key: _CONFIG_FIELDS[NESTED_CONFIG_KEYS[0]] for key in _TOWER_PARTS})
+    for key, counts in _TOWER_PARTS.items():
+        if isinstance(config.get(key), dict):
+            _check_fields(config[key], f"{key}.", path, model, {k: _CONFIG_FIELDS[LAYER_COUNT_KEYS[0]] for k in counts})
     return config
 
 

@@ -6,8 +6,9 @@ import re
 from typing import Any
 
 # "<prefix>.<N>.<rest>": model.layers.5.mlp.down_proj.weight, transformer.h.5.attn.c_attn.weight
-# The index is ASCII digits, at most 9 of them: int() of a hostile 5000-digit index would raise.
-LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>[0-9]{1,9})\.(?P<rest>.+)$")
+# The index is ASCII digits, at most 9 of them: int() of a hostile 5000-digit index would raise. No
+# leading zero: "01" is not layer 1, whose name the plan would write as "1" (a tensor read twice).
+LAYER_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>0|[1-9][0-9]{0,8})\.(?P<rest>.+)$")
 
 # Non-layer tensors whose name holds one of these come before the layers (embeddings); the other
 # non-layer tensors (final norm, lm_head) come after them.
