@@ -35,7 +35,7 @@ from mergesmith.plan_fp8 import Fp8Output, Fp8Rules
 from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
-from mergesmith.checkpoints.layer_config import lists_layers
+from mergesmith.checkpoints.layer_config import layer_kinds, lists_layers
 from mergesmith.checkpoints.structure import TEXT_DECODER, config_part
 from mergesmith.recipe.schema import InputModel, InputSlice, OutputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary
@@ -211,7 +211,8 @@ def plan_merge(
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers, checkpoints[donor])
     builder.truncate_vocabulary = unsafe_truncate_embeddings
     builder.device = device
-    layer_sources = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
+    origins = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
+    layer_sources = {m.name: _donor_layers(m, origins[m.name], checkpoints, donor) for m in modules}
     entries = tuple(builder.entries)
     # one entry per output tensor: two would be written into one file, leaving a hole safetensors refuses
     assert len({e.output for e in entries}) == len(entries), "a tensor is planned twice"
@@ -455,15 +456,18 @@ class _EntryBuilder:
         return Params(resolved)
 
 
-def _plan_module(module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mapping[str, Checkpoint]) -> list[int]:
+def _plan_module(
+    module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mapping[str, Checkpoint]
+) -> list[tuple[str, int]]:
     """Add the module's entries: the tensors before its layers (from the first slice's models), its
     layers slice by slice, the tensors after them (from the last slice's). Returns, per output
-    layer, the source layer it is built from."""
+    layer, the model (its slice's first) and layer it is built from."""
     first, last = module.slices[0], module.slices[-1]
     first_module = _module(checkpoints, first.sources[0][1].model, module.name)
     for name in first_module.pre_layer:
         builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
     layer_sources: list[int] = []
+    origins: list[tuple[str, int]] = []
     for out_slice in module.slices:
         start, end = out_slice.sources[0][1].layer_range
         count = end - start
@@ -471,6 +475,7 @@ def _plan_module(module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mappi
             t = offset / (count - 1) if count > 1 else 1.0
             out_index = len(layer_sources)
             layer_sources.append(start + offset)
+            origins.append((out_slice.sources[0][1].model, start + offset))
             stack = _stack(checkpoints, out_slice.sources[0][1].model, module.name)
             shared = _first_layer_shared(stack)
             rests = [(r, False) for r in stack.layer_tensors[start + offset] if r not in shared]
@@ -485,7 +490,41 @@ def _plan_module(module: _ModuleSpec, builder: _EntryBuilder, checkpoints: Mappi
         builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
     if first_module.stack is not None:
         _check_layer_order(module, checkpoints[first.sources[0][1].model], first_module, layer_sources)
-    return layer_sources
+    return origins
+
+
+def _donor_layers(
+    module: _ModuleSpec, origins: list[tuple[str, int]], checkpoints: Mapping[str, Checkpoint], donor: str
+) -> list[int]:
+    """Per output layer, the layer of the donor (whose config.json the output's is made from) that
+    describes it: its source's index; for a layer beyond the donor's (of a deeper model, in a
+    frankenmerge), the donor's first layer built alike as the configs say (layer_kinds: None for a
+    config that says nothing per layer, such as a Llama's)."""
+    own = checkpoints[donor].structure.module(module.name)
+    if own is None or own.stack is None or all(index < own.count for _, index in origins):
+        return [index for _, index in origins]
+    donor_kinds = _layer_kinds(checkpoints[donor], module.name) or (None,) * own.count
+    layers = []
+    for out_index, (model, index) in enumerate(origins):
+        kinds = _layer_kinds(checkpoints[model], module.name)
+        kind = kinds[index] if kinds is not None else None
+        alike = index if index < own.count else next((i for i, k in enumerate(donor_kinds) if k == kind), None)
+        if alike is None:
+            raise PlanError(
+                f"{module.addressed_by}: output layer {out_index} of the {module.name} comes from layer {index} "
+                f"of {model!r}, but the output's config.json is {donor!r}'s, whose {module.name} has "
+                f"{own.count} layers, none of which its config describes as {model!r}'s describes that one ({kind})",
+                hint=f"make {model!r} the recipe's first model (or its base_model): the output takes its config.json",
+            )
+        layers.append(alike)
+    return layers
+
+
+def _layer_kinds(checkpoint: Checkpoint, name: str) -> tuple[str, ...] | None:
+    module = checkpoint.structure.module(name)
+    assert module is not None and module.stack is not None  # the plan read layers of it
+    part = config_part(checkpoint.config, module.config_paths[0]) if module.config_paths else {}
+    return layer_kinds(part, module.count)
 
 
 def _out_stack(module: Module) -> Stack:

@@ -137,3 +137,45 @@ def test_audio_config_count_of_the_wrong_type_is_refused(tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps(config))
     code, err, out = merge(tmp_path, "models: [{model: a}]\nmerge_method: passthrough\n", {"a": folder}, capsys)
     refused(code, err, out, 'config.json: audio_config.encoder_layers is a string ("4"), expected a whole number of layers')
+
+
+# --- a frankenmerge taking layers beyond the donor's depth from a deeper model: the output's
+# per-layer config was remapped against the donor's layer count, refusing a plain Llama merge
+
+
+def test_layers_beyond_the_donors_depth_from_a_deeper_llama_merge(tmp_path, capsys):
+    shallow, deep = cached_model("llama", layers=4), cached_model("llama", layers=6, seed=1)
+    recipe = """
+merge_method: passthrough
+dtype: float32
+slices:
+  - sources: [{model: shallow, layer_range: [0, 3]}]
+  - sources: [{model: deep, layer_range: [4, 6]}]
+"""
+    code, err, out = merge(tmp_path, recipe, {"shallow": shallow, "deep": deep}, capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 5
+    written, source = load_file(out / "model.safetensors"), load_file(deep / "model.safetensors")
+    assert torch.equal(written["model.layers.4.mlp.down_proj.weight"], source["model.layers.5.mlp.down_proj.weight"])
+    loads_cleanly(out, "llama")
+
+
+def test_layers_beyond_the_donors_depth_take_the_config_of_a_donor_layer_built_alike(tmp_path, capsys):
+    # gemma2 alternates sliding and full attention: the deep model's layer 5 is a full-attention
+    # layer, described in the output like the donor's layer 1 (also full attention)
+    shallow, deep = cached_model("gemma2", layers=4), cached_model("gemma2", layers=6, seed=1)
+    recipe = """
+merge_method: passthrough
+dtype: float32
+slices:
+  - sources: [{model: shallow, layer_range: [0, 2]}]
+  - sources: [{model: deep, layer_range: [4, 6]}]
+"""
+    code, err, out = merge(tmp_path, recipe, {"shallow": shallow, "deep": deep}, capsys)
+    assert code == 0, err
+    deep_types = json.loads((deep / "config.json").read_text())["layer_types"]
+    shallow_types = json.loads((shallow / "config.json").read_text())["layer_types"]
+    written = json.loads((out / "config.json").read_text())
+    assert written["num_hidden_layers"] == 4
+    assert written["layer_types"] == shallow_types[:2] + deep_types[4:6]
+    loads_cleanly(out, "gemma2")
