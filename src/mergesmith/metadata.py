@@ -13,8 +13,6 @@ from typing import Any
 from mergesmith.checkpoints import Checkpoint
 from mergesmith.checkpoints.config_fields import check_generation_config
 from mergesmith.checkpoints.layer_config import LayerConfigError, remap_layer_config
-from mergesmith.checkpoints.structure import Module
-from mergesmith.errors import PlanError
 from mergesmith.checkpoints.names import (
     DONOR_FILES,
     GENERATION_FILES,
@@ -22,8 +20,10 @@ from mergesmith.checkpoints.names import (
     config_parts,
 )
 from mergesmith.checkpoints.safe_json import read_json
+from mergesmith.checkpoints.structure import Module
 from mergesmith.checkpoints.tokenizer import Tokenizer, check_tokenizer_config, read_chat_template
 from mergesmith.dtypes import config_name
+from mergesmith.errors import PlanError
 from mergesmith.templates import chat_template_text
 from mergesmith.vocabulary import Vocabulary
 
@@ -52,7 +52,9 @@ def output_config(
         sources = layer_sources.get(module.name)
         if sources is None or module.stack is None or sources == list(range(module.count)):
             continue
-        if "." not in module.name:  # a role's second stack (Mllama's global_transformer) shares its part's lists with the first
+        if (
+            "." not in module.name
+        ):  # a role's second stack (Mllama's global_transformer) shares its part's lists with the first
             _remap_layer_settings(config, module, sources, donor.ref.text)
         for path, key in module.count_keys:
             _part(config, path)[key] = len(sources)

@@ -17,6 +17,7 @@ from typing import Any
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint, Module, Stack, Structure
 from mergesmith.checkpoints.fp8 import FP8, BlockScales, input_scales, scale_shape
+from mergesmith.checkpoints.layer_config import layer_kinds, lists_layers
 from mergesmith.checkpoints.names import (
     FIRST_LAYER_SHARED_MARKERS,
     MAIN_MODULE_ALIASES,
@@ -24,6 +25,7 @@ from mergesmith.checkpoints.names import (
     is_vocabulary_tensor,
 )
 from mergesmith.checkpoints.safetensors_file import TensorInfo
+from mergesmith.checkpoints.structure import TEXT_DECODER, config_part
 from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
@@ -35,8 +37,6 @@ from mergesmith.plan_fp8 import Fp8Output, Fp8Rules
 from mergesmith.plan_parameters import Level, resolve_parameter
 from mergesmith.plan_vocabulary import build_vocabulary, check_entry_models
 from mergesmith.recipe import LoadedRecipe
-from mergesmith.checkpoints.layer_config import layer_kinds, lists_layers
-from mergesmith.checkpoints.structure import TEXT_DECODER, config_part
 from mergesmith.recipe.schema import InputModel, InputSlice, OutputSlice, Recipe
 from mergesmith.vocabulary import Vocabulary
 
@@ -482,7 +482,12 @@ def _plan_module(
             rests += [(r, True) for r in sorted(shared) if out_index == 0]  # from layer 0, whichever comes first
             for rest, from_first in rests:
                 inputs = [
-                    (src, _stack(checkpoints, src.model, module.name).layer_name(0 if from_first else src.layer_range[0] + offset, rest))
+                    (
+                        src,
+                        _stack(checkpoints, src.model, module.name).layer_name(
+                            0 if from_first else src.layer_range[0] + offset, rest
+                        ),
+                    )
                     for _, src in out_slice.sources
                 ]
                 builder.add(_out_stack(first_module).layer_name(out_index, rest), out_slice, inputs, t=t)
@@ -541,9 +546,7 @@ def _first_layer_shared(stack: Stack) -> frozenset[str]:
     )
 
 
-def _check_layer_order(
-    module: _ModuleSpec, checkpoint: Checkpoint, first: Module, layer_sources: list[int]
-) -> None:
+def _check_layer_order(module: _ModuleSpec, checkpoint: Checkpoint, first: Module, layer_sources: list[int]) -> None:
     """Refuse cuts the output could not describe: a layer 0 unlike every other layer (ModernBERT's
     has no attention norm) moved from the front, and per-layer blocks outside the layers."""
     stack = _out_stack(first)
@@ -562,7 +565,8 @@ def _check_layer_order(
             raise PlanError(
                 f"{module.addressed_by}: {name} of {model!r} holds one block per layer of its {first.name}, "
                 "so its shape follows the layer count; a cut that adds, drops or moves layers cannot keep it",
-                hint=f"merge the {first.name} with all its layers in order (models:, or slices covering [0, {stack.count}])",
+                hint=f"merge the {first.name} with all its layers in order "
+                f"(models:, or slices covering [0, {stack.count}])",
             )
     shared = _first_layer_shared(stack)
     first_layer = set(stack.layer_tensors[0]) - shared
@@ -610,7 +614,8 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_M
         raise RecipeError(
             "slices: an encoder-decoder model has two stacks of layers (encoder and decoder); "
             "plain slices cannot say which one their layer_range counts",
-            hint="write the recipe with modules: (encoder: {slices: ...}, decoder: {slices: ...}), as mergekit requires",
+            hint="write the recipe with modules: (encoder: {slices: ...}, decoder: {slices: ...}), "
+            "as mergekit requires",
         )
     slices = _recipe_slices(recipe.slices or [], "", (top,), recipe.base_model, main.name)
     specs = [_ModuleSpec(main.name, slices, "slices")]
@@ -639,7 +644,8 @@ def _module_names(recipe: Recipe, structure: Structure) -> list[str]:
         if module in built_by:  # "default" and "text_decoder": the plan would write each tensor twice
             raise RecipeError(
                 f"modules.{name}: module {module!r} is built by modules.{built_by[module]} already",
-                hint=f"list each module once ({MAIN_MODULE_ALIASES[0]!r} is mergekit's name for the {structure.main.name})",
+                hint=f"list each module once "
+                f"({MAIN_MODULE_ALIASES[0]!r} is mergekit's name for the {structure.main.name})",
             )
         built_by[module] = name
     named = set(built_by)

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergesmith.checkpoints.structure import LayerGapError, count_mismatches, find_structure
 from mergesmith.checkpoints.names import (
     CONFIG,
     SAFETENSORS_INDEX,
@@ -20,6 +19,7 @@ from mergesmith.checkpoints.names import (
 )
 from mergesmith.checkpoints.safe_json import json_type, read_json
 from mergesmith.checkpoints.safetensors_file import TensorInfo, piece_spans, read_header, read_range
+from mergesmith.checkpoints.structure import LayerGapError, count_mismatches, find_structure
 from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.dtypes import FLOATING, element_size, tensor_from_bytes
 from mergesmith.errors import CheckpointError

@@ -94,7 +94,9 @@ def _saved_prefix(model: torch.nn.Module, prefix: str) -> str:
     model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
     rests = [n[len(prefix) + 3 :] for n in state if n.startswith(prefix + ".0.")]
     for rest in (r for r in rests if f"{prefix}.1.{r}" in state):
-        saved = [revert_weight_conversion(model, {f"{prefix}.{i}.{rest}": state[f"{prefix}.{i}.{rest}"]}) for i in (0, 1)]
+        saved = [
+            revert_weight_conversion(model, {f"{prefix}.{i}.{rest}": state[f"{prefix}.{i}.{rest}"]}) for i in (0, 1)
+        ]
         if all(len(s) == 1 for s in saved):  # not a fused tensor saved as several
             first, second = (next(iter(s)) for s in saved)
             cut = next(i for i, (x, y) in enumerate(zip(first, second)) if x != y)

@@ -58,7 +58,9 @@ def test_plain_slices_cut_the_text_model_and_copy_the_vision_tower(tmp_path, mak
 
 def test_plan_names_the_module_each_part_of_the_recipe_builds(tmp_path, make_model):
     src = make_model("v", "llava", layers=4)
-    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: v, layer_range: [0, 3]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r.yaml").write_text(
+        "slices:\n- sources: [{model: v, layer_range: [0, 3]}]\nmerge_method: passthrough\n"
+    )
     result = plan(tmp_path / "r.yaml", model_paths={"v": src})
     assert [(m.name, m.built_from, m.layers) for m in result.modules] == [
         ("text_decoder", "slices", 3),
@@ -89,7 +91,11 @@ dtype: float32
 out_dtype: bfloat16
 """
     out = _run(tmp_path, recipe, {"a": a, "b": b})
-    merged, ta, tb = load_file(out / "model.safetensors"), load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    merged, ta, tb = (
+        load_file(out / "model.safetensors"),
+        load_file(a / "model.safetensors"),
+        load_file(b / "model.safetensors"),
+    )
     vision = [n for n in ta if n.startswith("model.vision_tower.")]
     assert len(vision) > 10
     for name in vision:  # linear: (0.25 a + 0.75 b) / (0.25 + 0.75), in float32, written bf16
@@ -101,7 +107,9 @@ out_dtype: bfloat16
         for name in (n for n in model if n.startswith(f"{TEXT}.{src_layer}.")):
             assert torch.equal(merged[name.replace(f".{src_layer}.", f".{out_layer}.", 1)], model[name])
     # embeddings come from the text module's first slice (a), the head from its last (b)
-    assert torch.equal(merged["model.language_model.embed_tokens.weight"], ta["model.language_model.embed_tokens.weight"])
+    assert torch.equal(
+        merged["model.language_model.embed_tokens.weight"], ta["model.language_model.embed_tokens.weight"]
+    )
     assert torch.equal(merged["lm_head.weight"], tb["lm_head.weight"])
     _loads_cleanly(out)
 
@@ -149,7 +157,9 @@ def test_cli_plan_prints_the_modules_first(tmp_path, make_model, capsys):
     from mergesmith.cli import main
 
     src = make_model("v", "llava", layers=4)
-    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: v, layer_range: [1, 4]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r.yaml").write_text(
+        "slices:\n- sources: [{model: v, layer_range: [1, 4]}]\nmerge_method: passthrough\n"
+    )
     with pytest.raises(SystemExit) as exit_:
         main(["plan", str(tmp_path / "r.yaml"), "--model-path", f"v={src}"])
     assert exit_.value.code == 0
@@ -164,7 +174,9 @@ def test_cli_plan_prints_the_modules_first(tmp_path, make_model, capsys):
 def test_plain_slices_of_an_encoder_decoder_are_refused(tmp_path):
     from factory import cached_model
 
-    (tmp_path / "r.yaml").write_text("slices:\n- sources: [{model: t, layer_range: [0, 2]}]\nmerge_method: passthrough\n")
+    (tmp_path / "r.yaml").write_text(
+        "slices:\n- sources: [{model: t, layer_range: [0, 2]}]\nmerge_method: passthrough\n"
+    )
     with pytest.raises(RecipeError) as err:
         plan(tmp_path / "r.yaml", model_paths={"t": cached_model("t5")})
     assert err.value.message == (

@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from factory import AUTO_CLASS, build_model, cached_model, derive_model
+from factory import AUTO_CLASS, cached_model
 from mergesmith.cli import main
 
 LLAVA_VISION = "model.vision_tower.encoder.layers"
@@ -64,7 +64,12 @@ def test_leading_zero_index_is_not_a_layer_number(tmp_path, capsys):
     # model.layers.01.* was read as layer 1 and planned as model.layers.1.*, which the model lacks
     folder = renamed(cached_model("llama"), tmp_path / "a", lambda n: n.replace("model.layers.1.", "model.layers.01."))
     code, err, out = merge(tmp_path, "models: [{model: a}]\nmerge_method: passthrough\n", {"a": folder}, capsys)
-    refused(code, err, out, "model 'a': layer 1 has no tensors, but the tensor names go up to layer 3 (1 of 4 layers have none)")
+    refused(
+        code,
+        err,
+        out,
+        "model 'a': layer 1 has no tensors, but the tensor names go up to layer 3 (1 of 4 layers have none)",
+    )
 
 
 def test_leading_zero_copies_beside_the_layers_stay_apart(tmp_path, capsys):
@@ -111,12 +116,24 @@ def test_module_named_by_its_alias_and_its_name_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda c: c["vision_config"].update(num_hidden_layers="2"), 'vision_config.num_hidden_layers is a string ("2")'),
+        (
+            lambda c: c["vision_config"].update(num_hidden_layers="2"),
+            'vision_config.num_hidden_layers is a string ("2")',
+        ),
         (lambda c: c["vision_config"].update(num_hidden_layers=True), "vision_config.num_hidden_layers is true"),
-        (lambda c: c["vision_config"].update(num_hidden_layers=-2), "vision_config.num_hidden_layers is an integer (-2)"),
-        (lambda c: c["vision_config"].update(num_hidden_layers=2.0), "vision_config.num_hidden_layers is a number (2.0)"),
+        (
+            lambda c: c["vision_config"].update(num_hidden_layers=-2),
+            "vision_config.num_hidden_layers is an integer (-2)",
+        ),
+        (
+            lambda c: c["vision_config"].update(num_hidden_layers=2.0),
+            "vision_config.num_hidden_layers is a number (2.0)",
+        ),
         (lambda c: c.update(vision_config=[c["vision_config"]]), "vision_config is a list"),
-        (lambda c: c.update(vision_config="clip"), 'vision_config is a string ("clip"), expected an object of settings'),
+        (
+            lambda c: c.update(vision_config="clip"),
+            'vision_config is a string ("clip"), expected an object of settings',
+        ),
     ],
     ids=["string", "bool", "negative", "float", "list", "name"],
 )
@@ -136,7 +153,9 @@ def test_audio_config_count_of_the_wrong_type_is_refused(tmp_path, capsys):
     config["audio_config"]["encoder_layers"] = "4"
     (folder / "config.json").write_text(json.dumps(config))
     code, err, out = merge(tmp_path, "models: [{model: a}]\nmerge_method: passthrough\n", {"a": folder}, capsys)
-    refused(code, err, out, 'config.json: audio_config.encoder_layers is a string ("4"), expected a whole number of layers')
+    refused(
+        code, err, out, 'config.json: audio_config.encoder_layers is a string ("4"), expected a whole number of layers'
+    )
 
 
 # --- a frankenmerge taking layers beyond the donor's depth from a deeper model: the output's

@@ -74,7 +74,9 @@ def fusion_mask(out: Path, base: Path) -> dict[str, list[int]]:
     from safetensors.torch import load_file
 
     merged, original = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
-    return {name: (merged[name] != original[name]).reshape(-1).nonzero().reshape(-1).tolist() for name in sorted(merged)}
+    return {
+        name: (merged[name] != original[name]).reshape(-1).nonzero().reshape(-1).tolist() for name in sorted(merged)
+    }
 
 
 if __name__ == "__main__":

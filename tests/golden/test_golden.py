@@ -109,7 +109,9 @@ def check_fusion_mask(expected: dict, inputs: dict[str, Path], out: Path, differ
         q1, median, q3 = importance.sort().values[(torch.tensor([0.25, 0.5, 0.75]) * (b.numel() - 1)).long()]
         threshold = median + 1.5 * (q3 - q1)
         distance = ((importance[flips] - threshold).abs() / threshold).tolist()
-        assert all(d <= FUSION_NEAR_THRESHOLD for d in distance), f"{name}: a mask decision far from the threshold differs: {distance}"
+        assert all(d <= FUSION_NEAR_THRESHOLD for d in distance), (
+            f"{name}: a mask decision far from the threshold differs: {distance}"
+        )
 
 
 # karcher: a whole-tensor torch.dot goes to MKL, whose bits depend on its code path (AVX2 or

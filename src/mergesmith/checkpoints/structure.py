@@ -68,7 +68,11 @@ class Module:
     @property
     def tensors(self) -> tuple[str, ...]:
         stack = self.stack
-        layers = () if stack is None else tuple(stack.layer_name(i, r) for i in range(stack.count) for r in stack.layer_tensors[i])
+        layers = (
+            ()
+            if stack is None
+            else tuple(stack.layer_name(i, r) for i in range(stack.count) for r in stack.layer_tensors[i])
+        )
         return (*self.pre_layer, *layers, *self.post_layer)
 
 
@@ -126,7 +130,9 @@ def find_structure(names: Iterable[str], config: Mapping[str, Any] | None = None
                 raise LayerGapError(prefix, first_missing, count, count - len(layers))
             continue  # not a stack: visual.merger.mlp.0 and .2 (a Sequential with an activation between)
         stacks[prefix] = Stack(prefix, count, tuple(tuple(sorted(layers[i])) for i in range(count)))
-    in_stacks = {stack.layer_name(i, r) for stack in stacks.values() for i in range(stack.count) for r in stack.layer_tensors[i]}
+    in_stacks = {
+        stack.layer_name(i, r) for stack in stacks.values() for i in range(stack.count) for r in stack.layer_tensors[i]
+    }
     loose = [n for n in names if n not in in_stacks]
     return Structure(_modules(stacks, roles, main, loose, config))
 
@@ -145,7 +151,9 @@ def _stack_role(prefix: str, encoder_decoder: bool) -> str:
     return TEXT_DECODER
 
 
-def _main_prefix(by_prefix: Mapping[str, Mapping[int, list[str]]], roles: Mapping[str, str], encoder_decoder: bool) -> str | None:
+def _main_prefix(
+    by_prefix: Mapping[str, Mapping[int, list[str]]], roles: Mapping[str, str], encoder_decoder: bool
+) -> str | None:
     """The text stack with the most tensors; of an encoder-decoder, its decoder."""
     wanted = "decoder" if encoder_decoder else TEXT_DECODER
     sizes = Counter({p: sum(len(r) for r in layers.values()) for p, layers in by_prefix.items() if roles[p] == wanted})
@@ -169,14 +177,25 @@ def _modules(
     modules = []
     for prefix in ordered:
         paths = _config_paths(roles[prefix], config)
-        keys = tuple((path, k) for path in paths for k in _count_keys(stacks[prefix], names[prefix], config_part(config, path)))
+        keys = tuple(
+            (path, k) for path in paths for k in _count_keys(stacks[prefix], names[prefix], config_part(config, path))
+        )
         mine = [n for n in loose if owner[n] == names[prefix]]
         pre = tuple(n for n in mine if _is_pre(n))
         post = tuple(n for n in mine if not _is_pre(n))
         modules.append(Module(names[prefix], stacks[prefix], pre, post, paths, keys))
     if not stacks:
         mine = [n for n in loose if owner[n] == main_role]
-        modules.append(Module(main_role, None, tuple(n for n in mine if _is_pre(n)), tuple(n for n in mine if not _is_pre(n)), ((),), ()))
+        modules.append(
+            Module(
+                main_role,
+                None,
+                tuple(n for n in mine if _is_pre(n)),
+                tuple(n for n in mine if not _is_pre(n)),
+                ((),),
+                (),
+            )
+        )
     projector = tuple(n for n in loose if owner[n] == PROJECTOR)
     if projector and PROJECTOR not in names.values():
         modules.append(Module(PROJECTOR, None, (), projector, (), ()))
@@ -208,7 +227,9 @@ def _owner(name: str, ordered: list[str], names: Mapping[str, str], main: str | 
     best, best_shared = main, 0
     for prefix in ordered:
         parent = prefix.split(".")[:-1]
-        shared = next((i for i, (a, b) in enumerate(zip(parent, name.split("."))) if a != b), min(len(parent), len(words)))
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(parent, name.split("."))) if a != b), min(len(parent), len(words))
+        )
         if shared > best_shared:
             best, best_shared = prefix, shared
     if best is None:

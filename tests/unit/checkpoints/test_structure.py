@@ -36,10 +36,14 @@ def test_gpt2_names_and_numeric_ordering():
 
 def _qwen2_vl_names(text: int, vision: int) -> list[str]:
     # transformers 5's saved layout of Qwen2-VL: 12 tensors per text layer, 10 per vision block
-    text_rests = [f"{m}.{p}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj") for p in ("weight", "bias")]
+    text_rests = [
+        f"{m}.{p}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj") for p in ("weight", "bias")
+    ]
     text_rests += ["self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"]
     text_rests += ["input_layernorm.weight", "post_attention_layernorm.weight"]
-    vision_rests = [f"{m}.{p}" for m in ("norm1", "norm2", "attn.qkv", "attn.proj", "mlp.fc1") for p in ("weight", "bias")]
+    vision_rests = [
+        f"{m}.{p}" for m in ("norm1", "norm2", "attn.qkv", "attn.proj", "mlp.fc1") for p in ("weight", "bias")
+    ]
     return (
         ["model.language_model.embed_tokens.weight", "model.language_model.norm.weight", "lm_head.weight"]
         + [f"model.language_model.layers.{i}.{r}" for i in range(text) for r in text_rests]
@@ -56,10 +60,14 @@ def test_a_vision_tower_with_more_tensors_than_the_text_model_is_not_the_main_st
     assert structure.names == ("text_decoder", "vision_tower", "multi_modal_projector")
     text, vision, projector = structure.modules
     assert (text.stack.prefix, text.count, text.count_keys) == (
-        "model.language_model.layers", 28, ((("text_config",), "num_hidden_layers"),)
+        "model.language_model.layers",
+        28,
+        ((("text_config",), "num_hidden_layers"),),
     )
     assert (vision.stack.prefix, vision.count, vision.count_keys) == (
-        "model.visual.blocks", 32, ((("vision_config",), "depth"),)
+        "model.visual.blocks",
+        32,
+        ((("vision_config",), "depth"),),
     )
     assert vision.pre_layer == ("model.visual.patch_embed.proj.weight",) and vision.post_layer == ()
     # merger.mlp.0 and .2 are numbered but not a stack (no .1): the projector's loose tensors
@@ -77,7 +85,10 @@ def test_t5_encoder_and_decoder_and_their_count_keys():
     assert structure.names == ("decoder", "encoder")
     decoder, encoder = structure.modules
     assert (decoder.count, decoder.count_keys, encoder.count, encoder.count_keys) == (
-        2, (((), "num_decoder_layers"),), 3, (((), "num_layers"),)
+        2,
+        (((), "num_decoder_layers"),),
+        3,
+        (((), "num_layers"),),
     )
     assert encoder.post_layer == ("encoder.final_layer_norm.weight",)
     assert set(decoder.post_layer) == {"decoder.final_layer_norm.weight", "lm_head.weight", "shared.weight"}
@@ -96,7 +107,10 @@ def test_mllama_two_vision_stacks_have_their_own_count_keys():
     names += [f"model.vision_model.transformer.layers.{i}.{r}" for i in range(3) for r in ("a", "b", "c", "d")]
     names += [f"model.vision_model.global_transformer.layers.{i}.{r}" for i in range(3) for r in ("a", "b", "gate")]
     names += ["model.vision_model.patch_embedding.weight", "model.multi_modal_projector.weight"]
-    config = {"text_config": {"num_hidden_layers": 4}, "vision_config": {"num_hidden_layers": 3, "num_global_layers": 3}}
+    config = {
+        "text_config": {"num_hidden_layers": 4},
+        "vision_config": {"num_hidden_layers": 3, "num_global_layers": 3},
+    }
     structure = find_structure(names, config)
     by_name = {m.name: m for m in structure.modules}
     assert set(by_name) == {"text_decoder", "vision_tower", "vision_tower.global_transformer", "multi_modal_projector"}

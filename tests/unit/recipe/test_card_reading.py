@@ -39,7 +39,12 @@ def indent(text: str, prefix: str) -> str:
 # (id, card text): each must give TIES's recipe.
 CARDS = [
     # inside <details>, the fence indented by two spaces
-    ("details", "# m\n\n<details><summary>Merge configuration</summary>\n\n  ```yaml\n" + indent(TIES, "  ") + "  ```\n</details>\n"),
+    (
+        "details",
+        "# m\n\n<details><summary>Merge configuration</summary>\n\n  ```yaml\n"
+        + indent(TIES, "  ")
+        + "  ```\n</details>\n",
+    ),
     # under a list item, the fence indented by three spaces, body lines too
     ("list item", "# m\n\n1. Configuration:\n\n   ```yaml\n" + indent(TIES, "   ") + "   ```\n"),
     # inside a > blockquote (a note in a card)
@@ -51,19 +56,24 @@ CARDS = [
     # the HTML of a page: <pre><code>, characters escaped, spans around tokens
     (
         "html pre",
-        "<h3>Configuration</h3>\n<pre><code class=\"language-yaml\">"
-        + TIES.replace("org/base", "<span class=\"hljs-string\">org/base</span>").replace("'", "&#39;")
+        '<h3>Configuration</h3>\n<pre><code class="language-yaml">'
+        + TIES.replace("org/base", '<span class="hljs-string">org/base</span>').replace("'", "&#39;")
         + "</code></pre>\n",
     ),
     # several blocks: the one under the configuration heading wins over an earlier recipe-like one
     (
         "configured",
-        "# m\n\n```yaml\nmerge_method: linear\nmodels: [{model: x}]\n```\n\n### Configuration\n\n```yaml\n" + TIES + "```\n",
+        "# m\n\n```yaml\nmerge_method: linear\nmodels: [{model: x}]\n```\n\n### Configuration\n\n```yaml\n"
+        + TIES
+        + "```\n",
     ),
     # several recipe-like blocks, none under such a heading: the only one that loads
     ("only one loads", "# m\n\n```yaml\nmerge_method: linear\nmodels: 3\n```\n\n```yaml\n" + TIES + "```\n"),
     # flattened inside an indented fence: indentation lost, then re-indented by the fence's
-    ("flattened in details", "<details>\n<summary>Config</summary>\n\n  ```yaml\n" + indent(flat(TIES), "  ") + "  ```\n</details>\n"),
+    (
+        "flattened in details",
+        "<details>\n<summary>Config</summary>\n\n  ```yaml\n" + indent(flat(TIES), "  ") + "  ```\n</details>\n",
+    ),
 ]
 
 
@@ -106,9 +116,7 @@ def test_an_unclosed_fence_is_read_to_the_end():
 # What mergekit's own cards hold: yaml.dump of the configuration, lists in block style, nested in
 # list items (a gradient under `value:`, a layer_range as two `- n` lines).
 MERGEKIT_DUMP = {
-    "slices": [
-        {"sources": [{"model": "org/a", "layer_range": [0, 32]}, {"model": "org/b", "layer_range": [0, 32]}]}
-    ],
+    "slices": [{"sources": [{"model": "org/a", "layer_range": [0, 32]}, {"model": "org/b", "layer_range": [0, 32]}]}],
     "merge_method": "slerp",
     "base_model": "org/a",
     "parameters": {
@@ -149,9 +157,13 @@ def test_an_unknown_top_level_scalar_key_does_not_stop_the_rebuild():
 
 
 def _big_passthrough(slices: int) -> str:
-    return "slices:\n" + "".join(
-        f"- sources:\n- model: org/a\nlayer_range: [{i}, {i + 1}]\nparameters:\nscale: 1.5\n" for i in range(slices)
-    ) + "merge_method: passthrough\n"
+    return (
+        "slices:\n"
+        + "".join(
+            f"- sources:\n- model: org/a\nlayer_range: [{i}, {i + 1}]\nparameters:\nscale: 1.5\n" for i in range(slices)
+        )
+        + "merge_method: passthrough\n"
+    )
 
 
 def test_a_large_flattened_card_with_many_headings_is_read():

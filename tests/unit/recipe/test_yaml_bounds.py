@@ -18,7 +18,11 @@ def alias_bomb(levels: int = 9) -> str:
     for level in range(1, levels):
         refs = ", ".join([f"*a{level - 1}"] * 9)
         lines.append(f"a{level}: &a{level} [{refs}]")
-    return "merge_method: linear\n" + "\n".join(lines) + f"\nmodels: [{{model: x, parameters: {{weight: *a{levels - 1}}}}}]\n"
+    return (
+        "merge_method: linear\n"
+        + "\n".join(lines)
+        + f"\nmodels: [{{model: x, parameters: {{weight: *a{levels - 1}}}}}]\n"
+    )
 
 
 def test_an_alias_bomb_is_refused_without_expanding_it():
@@ -63,7 +67,10 @@ def test_a_huge_file_is_refused_after_reading_its_limit(tmp_path):
 def test_a_device_is_refused():
     with pytest.raises(RecipeError) as err:
         load_recipe("/dev/zero")
-    assert str(err.value) == "/dev/zero: not a regular file (it is a character device)\n  hint: give the path of a recipe file"
+    assert (
+        str(err.value)
+        == "/dev/zero: not a regular file (it is a character device)\n  hint: give the path of a recipe file"
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
