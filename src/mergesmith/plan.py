@@ -25,7 +25,7 @@ from mergesmith.checkpoints.names import (
     is_vocabulary_tensor,
 )
 from mergesmith.checkpoints.safetensors_file import TensorInfo
-from mergesmith.checkpoints.structure import TEXT_DECODER, config_part
+from mergesmith.checkpoints.structure import TEXT_DECODER, Part, UnknownModuleError, config_part, recipe_parts
 from mergesmith.checkpoints.ties import writes_tied_target
 from mergesmith.checkpoints.tokenizer import Tokenizer, read_tokenizer
 from mergesmith.dtypes import FLOATING, dtype_code_from_recipe, promote, tensor_nbytes
@@ -171,9 +171,11 @@ class _SliceSpec:
 class _ModuleSpec:
     """An output module and the slices that build it."""
 
-    name: str
+    name: str  # the module of the structure it builds (all of it, or the part below)
     slices: tuple[_SliceSpec, ...]
     addressed_by: str  # what the plan prints: "slices", "modules.vision_tower.models", ...
+    layers: bool = True  # builds the module's layers (where it has some)
+    loose: tuple[str, ...] | None = None  # which of its tensors outside the layers; None: all
 
 
 def plan_merge(
@@ -211,8 +213,10 @@ def plan_merge(
     builder = _EntryBuilder(spec, checkpoints, load_dtype, out_dtype, vocabulary, tokenizers, checkpoints[donor])
     builder.truncate_vocabulary = unsafe_truncate_embeddings
     builder.device = device
-    origins = {module.name: _plan_module(module, builder, checkpoints) for module in modules}
-    layer_sources = {m.name: _donor_layers(m, origins[m.name], checkpoints, donor) for m in modules}
+    origins = [_plan_module(module, builder, checkpoints) for module in modules]
+    layer_sources = {
+        m.name: _donor_layers(m, found, checkpoints, donor) for m, found in zip(modules, origins) if m.layers
+    }
     entries = tuple(builder.entries)
     # one entry per output tensor: two would be written into one file, leaving a hole safetensors refuses
     assert len({e.output for e in entries}) == len(entries), "a tensor is planned twice"
@@ -242,7 +246,7 @@ def plan_merge(
         chat_template=metadata.chat_template(recipe.chat_template, models, checkpoints),
         generation_config=generation,
         warnings=tuple(ignored.messages),
-        modules=tuple(ModuleSummary(m.name, m.addressed_by, len(layer_sources[m.name])) for m in modules),
+        modules=tuple(ModuleSummary(m.name, m.addressed_by, len(layer_sources[m.name])) for m in modules if m.layers),
     )
 
 
@@ -465,10 +469,11 @@ def _plan_module(
     first, last = module.slices[0], module.slices[-1]
     first_module = _module(checkpoints, first.sources[0][1].model, module.name)
     for name in first_module.pre_layer:
-        builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
+        if module.loose is None or name in module.loose:
+            builder.add(name, first, [(src, name) for _, src in first.sources], t=0.0)
     layer_sources: list[int] = []
     origins: list[tuple[str, int]] = []
-    for out_slice in module.slices:
+    for out_slice in module.slices if module.layers else ():
         start, end = out_slice.sources[0][1].layer_range
         count = end - start
         for offset in range(count):
@@ -492,8 +497,9 @@ def _plan_module(
                 ]
                 builder.add(_out_stack(first_module).layer_name(out_index, rest), out_slice, inputs, t=t)
     for name in _module(checkpoints, last.sources[0][1].model, module.name).post_layer:
-        builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
-    if first_module.stack is not None:
+        if module.loose is None or name in module.loose:
+            builder.add(name, last, [(src, name) for _, src in last.sources], t=0.0)
+    if first_module.stack is not None and module.layers:
         _check_layer_order(module, checkpoints[first.sources[0][1].model], first_module, layer_sources)
     return origins
 
@@ -602,7 +608,8 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_M
     top = Level("parameters", recipe.parameters)
     structure = checkpoints[recipe.referenced_models()[0]].structure
     if recipe.modules:
-        return [_recipe_module(recipe, name, checkpoints, structure, top) for name in _module_names(recipe, structure)]
+        parts = _module_parts(recipe, structure)
+        return [spec for name, found in parts.items() for spec in _recipe_module(recipe, name, found, checkpoints, top)]
     if recipe.models:
         specs = []
         for module in structure.modules:
@@ -627,57 +634,94 @@ def _normalise(recipe: Recipe, checkpoints: Mapping[str, Checkpoint]) -> list[_M
     return specs
 
 
-def _module_names(recipe: Recipe, structure: Structure) -> list[str]:
-    """The recipe's modules, checked against the first model's: each known, none left out (an
-    output without its vision tower would not load)."""
+def _module_parts(recipe: Recipe, structure: Structure) -> dict[str, tuple[Part, ...]]:
+    """The parts each module of the recipe builds, checked against the first model's structure:
+    each name known, every tensor built once (an output without its vision tower would not load)."""
     assert recipe.modules is not None
     known = ", ".join(structure.names)
-    for name in recipe.modules:
-        if structure.module(name) is None:
-            raise RecipeError(
-                f"modules.{name}: the models have no module {name!r}",
-                hint=f"their modules are: {known} (mergesmith plan shows what each holds)",
-            )
-    built_by: dict[str, str] = {}
-    for name in recipe.modules:
-        module = structure.module(name).name  # type: ignore[union-attr]
-        if module in built_by:  # "default" and "text_decoder": the plan would write each tensor twice
-            raise RecipeError(
-                f"modules.{name}: module {module!r} is built by modules.{built_by[module]} already",
-                hint=f"list each module once "
-                f"({MAIN_MODULE_ALIASES[0]!r} is mergekit's name for the {structure.main.name})",
-            )
-        built_by[module] = name
-    named = set(built_by)
-    missing = [m.name for m in structure.modules if m.name not in named]
-    if missing:
+    try:
+        parts = recipe_parts(structure, recipe.modules)
+    except UnknownModuleError as err:
         raise RecipeError(
-            f"modules: the recipe builds {', '.join(sorted(named))} but not {', '.join(missing)}; "
+            f"modules.{err}: the models have no module {str(err)!r}",
+            hint=f"their modules are: {known} (mergesmith plan shows what each holds)",
+        ) from None
+    built_by: dict[tuple[str, str], str] = {}
+    for name, found in parts.items():
+        for part in found:
+            for what in (["layers"] if part.layers else []) + list(part.loose):
+                if (part.module, what) in built_by:  # the plan would write a tensor twice
+                    other = built_by[part.module, what]
+                    module = structure.module(part.module)
+                    assert module is not None  # parts are of the structure's modules
+                    whole = len(part.loose) + part.layers == len(_items(module))
+                    raise RecipeError(
+                        f"modules.{name}: module {part.module!r} is built by modules.{other} already"
+                        if whole
+                        else f"modules.{name} builds the {_what(part.module, what)}, "
+                        f"which modules.{other} builds already",
+                        hint=f"list each module once "
+                        f"({MAIN_MODULE_ALIASES[0]!r} is mergekit's name for the {structure.main.name})",
+                    )
+                built_by[part.module, what] = name
+    missing: list[str] = []
+    for m in structure.modules:
+        items = _items(m)
+        left = [what for what in items if (m.name, what) not in built_by]
+        if left == items:
+            missing.append(m.name)
+        elif left and left == [*m.pre_layer, *m.post_layer]:
+            missing.append(f"{m.name}'s tensors outside its layers")
+        else:
+            missing += [_what(m.name, what) for what in left]
+    if missing:
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        example = missing[0].split("'")[0]
+        raise RecipeError(
+            f"modules: the recipe builds {', '.join(parts)} but not {', '.join(missing[:4])}{more}; "
             "the output would lack those tensors",
-            hint=f"add every module ({known}); one copied unchanged is `{missing[0]}: {{models: [{{model: NAME}}]}}` "
+            hint=f"add every module ({known}); one copied unchanged is `{example}: {{models: [{{model: NAME}}]}}` "
             "with merge_method passthrough, or the same models as the others",
         )
-    return list(recipe.modules)
+    return parts
+
+
+def _items(module: Module) -> list[str]:
+    """What a `modules:` recipe must build of a module: its layers (as one), each tensor outside them."""
+    return (["layers"] if module.stack is not None else []) + [*module.pre_layer, *module.post_layer]
+
+
+def _what(module: str, what: str) -> str:
+    return f"{module}'s layers" if what == "layers" else f"{module}'s {what}"
 
 
 def _recipe_module(
-    recipe: Recipe, name: str, checkpoints: Mapping[str, Checkpoint], structure: Structure, top: Level
-) -> _ModuleSpec:
+    recipe: Recipe, name: str, parts: tuple[Part, ...], checkpoints: Mapping[str, Checkpoint], top: Level
+) -> list[_ModuleSpec]:
     assert recipe.modules is not None
-    module_recipe, module = recipe.modules[name], structure.module(name)
-    assert module is not None
+    module_recipe = recipe.modules[name]
     prefix = f"modules.{name}."
     levels = (Level(f"modules.{name}.parameters", module_recipe.parameters), top)
     if module_recipe.models:
-        whole = _whole_slice(recipe, module_recipe.models, module.name, f"{prefix}models", levels, checkpoints)
-        return _ModuleSpec(module.name, (whole,), f"{prefix}models")
-    if module.stack is None:
+        return [
+            _ModuleSpec(
+                part.module,
+                (_whole_slice(recipe, module_recipe.models, part.module, f"{prefix}models", levels, checkpoints),),
+                f"{prefix}models",
+                part.layers,
+                part.loose,
+            )
+            for part in parts
+        ]
+    with_layers = [p for p in parts if p.layers]
+    if len(with_layers) != 1 or len(parts) != 1 and not all(p.module == with_layers[0].module for p in parts):
         raise RecipeError(
             f"{prefix}slices: module {name!r} has no numbered layers for a layer_range to count",
             hint=f"build it with models: ({prefix}models)",
         )
-    slices = _recipe_slices(module_recipe.slices or [], prefix, levels, recipe.base_model, module.name)
-    return _ModuleSpec(module.name, slices, f"{prefix}slices")
+    part = with_layers[0]
+    slices = _recipe_slices(module_recipe.slices or [], prefix, levels, recipe.base_model, part.module)
+    return [_ModuleSpec(part.module, slices, f"{prefix}slices", True, part.loose)]
 
 
 def _recipe_slices(

@@ -58,17 +58,7 @@ WITH_IGNORED_PARAMETER: dict[str, str] = {
 PENDING_OTHER_BRANCH: dict[str, str] = {}
 # Scenarios where mergekit is right and mergesmith is not (yet): held to mergekit's outcome, marked
 # xfail(strict=True) so that a fix shows as XPASS and the row must go.
-MERGESMITH_FAILS: dict[str, str] = {
-    "modules/t5-modules-shared-linear": (
-        "mergekit's T5 file names three modules (encoder, decoder, shared: shared.weight and "
-        "lm_head.weight); mergesmith refuses modules.shared: 'the models have no module shared'"
-    ),
-    "modules/llava-modules-prefixes": (
-        "mergekit names a LLaVA's modules by layer prefix (model.language_model.layers, "
-        "model.vision_tower.encoder.layers, default) and merges what vlm/linear merges; mergesmith "
-        "refuses: 'the models have no module model.language_model.layers'"
-    ),
-}
+MERGESMITH_FAILS: dict[str, str] = {}
 
 
 # Multi-module scenarios where mergesmith differs from mergekit on purpose (docs/architectures.md,

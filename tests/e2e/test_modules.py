@@ -184,3 +184,101 @@ def test_plain_slices_of_an_encoder_decoder_are_refused(tmp_path):
         "plain slices cannot say which one their layer_range counts"
     )
     assert err.value.hint.startswith("write the recipe with modules: (encoder:")
+
+
+def _linear(ta: dict, tb: dict, name: str, wa: float, wb: float) -> torch.Tensor:
+    return ((wa * ta[name].float() + wb * tb[name].float()) / (wa + wb)).to(torch.bfloat16)
+
+
+def test_mergekit_layer_prefix_names_with_default_holding_everything_outside_the_layers(tmp_path, make_model):
+    # mergekit names the modules of a model it has no file for by their layer prefix; "default" is
+    # then every tensor outside the layers: embeddings, norms, head, projector, vision embeddings
+    a = make_model("a", "llava", layers=2)
+    b = derive_model(a, tmp_path / "models" / "b", seed=1)
+    recipe = f"""
+modules:
+  {TEXT}:
+    models: [{{model: a, parameters: {{weight: 0.25}}}}, {{model: b, parameters: {{weight: 0.75}}}}]
+  {VISION}:
+    models: [{{model: a, parameters: {{weight: 0.5}}}}, {{model: b, parameters: {{weight: 0.5}}}}]
+  default:
+    models: [{{model: a, parameters: {{weight: 0.875}}}}, {{model: b, parameters: {{weight: 0.125}}}}]
+merge_method: linear
+dtype: float32
+out_dtype: bfloat16
+"""
+    out = _run(tmp_path, recipe, {"a": a, "b": b})
+    merged, ta, tb = (load_file(p / "model.safetensors") for p in (out, a, b))
+    assert set(merged) == set(ta)
+    for name in ta:
+        weights = (
+            (0.25, 0.75)
+            if name.startswith(TEXT + ".")
+            else (0.5, 0.5)
+            if name.startswith(VISION + ".")
+            else (0.875, 0.125)
+        )
+        assert torch.equal(merged[name], _linear(ta, tb, name, *weights)), name
+    _loads_cleanly(out)
+
+
+def test_mergekit_layer_prefix_names_without_default_are_refused(tmp_path, make_model):
+    src = make_model("v", "llava", layers=2)
+    (tmp_path / "r.yaml").write_text(
+        f"modules:\n  {TEXT}: {{models: [{{model: v}}]}}\n  {VISION}: {{models: [{{model: v}}]}}\nmerge_method: passthrough\n"
+    )
+    with pytest.raises(RecipeError) as err:
+        plan(tmp_path / "r.yaml", model_paths={"v": src})
+    assert err.value.message == (
+        f"modules: the recipe builds {TEXT}, {VISION} but not text_decoder's tensors outside its layers, "
+        "vision_tower's tensors outside its layers, multi_modal_projector; the output would lack those tensors"
+    )
+
+
+def test_t5_shared_module_holds_the_tensors_outside_both_stacks(tmp_path):
+    # mergekit's T5 file: encoder, decoder and "shared" (shared.weight, lm_head.weight)
+    from factory import cached_model
+
+    a = cached_model("t5_gated")
+    b = derive_model(a, tmp_path / "models" / "b", seed=1)
+    recipe = """
+modules:
+  encoder:
+    models: [{model: a, parameters: {weight: 0.25}}, {model: b, parameters: {weight: 0.75}}]
+  decoder:
+    slices:
+    - sources: [{model: a, layer_range: [0, 2], parameters: {weight: 0.625}}, {model: b, layer_range: [0, 2], parameters: {weight: 0.375}}]
+  shared:
+    models: [{model: a, parameters: {weight: 0.875}}, {model: b, parameters: {weight: 0.125}}]
+merge_method: linear
+dtype: float32
+out_dtype: bfloat16
+"""
+    out = _run(tmp_path, recipe, {"a": a, "b": b})
+    merged, ta, tb = (load_file(p / "model.safetensors") for p in (out, a, b))
+    assert {"shared.weight", "lm_head.weight"} <= set(ta)
+    kept = {n for n in ta if not n.startswith("decoder.block.") or int(n.split(".")[2]) < 2}
+    assert set(merged) == kept
+    for name in kept:
+        weights = (
+            (0.25, 0.75)
+            if name.startswith("encoder.")
+            else (0.625, 0.375)
+            if name.startswith("decoder.")
+            else (0.875, 0.125)
+        )
+        assert torch.equal(merged[name], _linear(ta, tb, name, *weights)), name
+
+
+def test_a_tensor_named_by_two_schemes_is_refused(tmp_path, make_model):
+    src = make_model("v", "llava", layers=2)
+    (tmp_path / "r.yaml").write_text(
+        f"modules:\n  text_decoder: {{models: [{{model: v}}]}}\n  {VISION}: {{models: [{{model: v}}]}}\n"
+        "  default: {models: [{model: v}]}\nmerge_method: passthrough\n"
+    )
+    with pytest.raises(RecipeError) as err:
+        plan(tmp_path / "r.yaml", model_paths={"v": src})
+    assert err.value.message == (
+        "modules.default builds the text_decoder's model.language_model.embed_tokens.weight, "
+        "which modules.text_decoder builds already"
+    )

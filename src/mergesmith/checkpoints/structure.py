@@ -96,6 +96,71 @@ class Structure:
         return None
 
 
+@dataclass(frozen=True)
+class Part:
+    """What one module named in a `modules:` recipe builds of one module of the structure: its
+    layers or not, and which of its tensors outside the layers."""
+
+    module: str
+    layers: bool
+    loose: tuple[str, ...]
+
+
+class UnknownModuleError(ValueError):
+    pass
+
+
+# mergekit's T5 file has a module of this name: the tensors the encoder and decoder share
+# (shared.weight, lm_head.weight), outside both stacks
+SHARED_MODULE = "shared"
+
+
+def recipe_parts(structure: Structure, names: Iterable[str]) -> dict[str, tuple[Part, ...]]:
+    """The parts each module a recipe names builds. Three naming schemes are read, as mergekit's:
+    mergesmith's module names ("default" for the main one); an encoder-decoder's "encoder",
+    "decoder" and "shared" (mergekit's T5 file: what is outside both stacks); and the layer
+    prefixes mergekit infers for a model it has no file for ("model.language_model.layers"), with
+    "default" then holding every tensor outside the layers. Raises UnknownModuleError for a name in
+    none of them; whether the parts cover the model once is the caller's check.
+
+    A recipe mixing schemes gets each name's own meaning."""
+    names = list(names)
+    by_prefix = {m.stack.prefix: m for m in structure.modules if m.stack is not None}
+    prefixed = any(n in by_prefix and structure.module(n) is None for n in names)
+    shared = _shared_tensors(structure) if SHARED_MODULE in names and structure.module(SHARED_MODULE) is None else {}
+    parts: dict[str, tuple[Part, ...]] = {}
+    for name in names:
+        module = structure.module(name)
+        if prefixed and name in MAIN_MODULE_ALIASES:
+            parts[name] = tuple(Part(m.name, False, (*m.pre_layer, *m.post_layer)) for m in structure.modules)
+        elif module is not None:
+            own = tuple(t for t in (*module.pre_layer, *module.post_layer) if t not in shared.get(module.name, ()))
+            parts[name] = (Part(module.name, module.stack is not None, own),)
+        elif name in by_prefix:
+            parts[name] = (Part(by_prefix[name].name, True, ()),)
+        elif name == SHARED_MODULE and shared:
+            parts[name] = tuple(Part(m, False, tensors) for m, tensors in shared.items())
+        else:
+            raise UnknownModuleError(name)
+    return {name: tuple(p for p in found if p.layers or p.loose) for name, found in parts.items()}
+
+
+def _shared_tensors(structure: Structure) -> dict[str, tuple[str, ...]]:
+    """Of an encoder-decoder, per module, its tensors outside the layers and outside its stack's
+    folder (T5's shared.weight and lm_head.weight, not encoder.final_layer_norm)."""
+    if not all(structure.module(role) is not None for role in ENCODER_DECODER_ROLES):
+        return {}
+    shared = {}
+    for module in structure.modules:
+        if module.stack is None:
+            continue
+        folder = module.stack.prefix.rsplit(".", 1)[0] + "."
+        outside = tuple(t for t in (*module.pre_layer, *module.post_layer) if not t.startswith(folder))
+        if outside:
+            shared[module.name] = outside
+    return shared
+
+
 class LayerGapError(ValueError):
     """Some layer below the highest index has no tensors: the checkpoint is incomplete, or one
     tensor name carries a wild index (model.layers.99999999.x would make 10**8 empty layers)."""
