@@ -757,6 +757,25 @@ def derive_model(source: Path, folder: Path, *, seed: int, scale: float = 0.01) 
     return folder
 
 
+def lora_adapter(base: Path, folder: Path, arch: str, *, seed: int, **settings: Any) -> Path:
+    """A PEFT LoRA adapter of `base` saved into `folder`, with random (nonzero) A and B:
+    `settings` are peft.LoraConfig's (r, lora_alpha, target_modules, rank_pattern, ...)."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    auto = getattr(transformers, AUTO_CLASS[arch])
+    model = auto.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **settings))
+    with torch.no_grad():  # PEFT's non-default init leaves B small; make the change clearly visible
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.normal_(0.0, 0.05)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

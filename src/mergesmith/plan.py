@@ -16,6 +16,7 @@ from typing import Any
 
 from mergesmith import metadata
 from mergesmith.checkpoints import Checkpoint, Module, Stack, Structure
+from mergesmith.checkpoints.adapter import LoraDelta
 from mergesmith.checkpoints.fp8 import FP8, BlockScales, input_scales, scale_shape
 from mergesmith.checkpoints.layer_config import layer_kinds, lists_layers
 from mergesmith.checkpoints.names import (
@@ -48,11 +49,13 @@ class Source:
     model: str  # model reference as the recipe wrote it
     tensor: str  # tensor name inside that checkpoint
     fp8: BlockScales | None = None  # a block-scaled FP8 weight: its scales, read with it to dequantize it
+    lora: LoraDelta | None = None  # a model+adapter's weight: the adapter's A and B, applied as it is read
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
-        """The tensors this source reads: its own, and an FP8 weight's scales."""
-        return (self.tensor,) if self.fp8 is None else (self.tensor, self.fp8.tensor)
+        """The tensors this source reads: its own, an FP8 weight's scales, an adapter's A and B."""
+        scales = (self.fp8.tensor,) if self.fp8 is not None else ()
+        return (self.tensor, *scales, *(self.lora.tensor_names if self.lora is not None else ()))
 
 
 class Route(StrEnum):
@@ -327,11 +330,12 @@ class _EntryBuilder:
         params = self._params(output, out_slice, inputs, t, has_base)
         if self.spec.check and compute is not None and (problem := self.spec.check(dict(params))):
             raise PlanError(f"{out_slice.path}: {self.spec.name} for {output}: {problem}")
-        if fp8 is not None or any(scales):
-            route = self._fp8_route(params, [src.model for src, _ in inputs], scales, fp8, aligned)
+        loras = [self.checkpoints[src.model].lora_delta(name) for src, name in inputs]
+        if fp8 is not None or any(scales) or any(loras):
+            route = self._computed_route(params, [src.model for src, _ in inputs], scales, fp8, aligned, any(loras))
         else:
             route = self._route(params, len(inputs), compute, stored[0], written, aligned)
-        sources = tuple(Source(src.model, name, s) for (src, name), s in zip(inputs, scales))
+        sources = tuple(Source(src.model, name, s, lora) for (src, name), s, lora in zip(inputs, scales, loras))
         entry = PlanEntry(
             output, self.spec.name, sources, has_base, params, shape, written, compute, stored[0], route, fp8
         )
@@ -356,14 +360,22 @@ class _EntryBuilder:
             return Route.STREAM  # bound by reading and writing: a GPU would not speed it up
         return Route.WHOLE if self.device == "cpu" else Route.DEVICE
 
-    def _fp8_route(
-        self, params: Params, models: list[str], scales: list[BlockScales | None], fp8: Fp8Output | None, aligned: bool
+    def _computed_route(
+        self,
+        params: Params,
+        models: list[str],
+        scales: list[BlockScales | None],
+        fp8: Fp8Output | None,
+        aligned: bool,
+        adapted: bool,
     ) -> Route:
-        """An entry with FP8 inputs or output computes on whole tensors: FP8 bytes are not values,
-        and a block's scale applies across rows. One exception: an FP8 weight passed through
-        unchanged into the same blocks is copied as it is, bytes and scales (its exact values)."""
+        """An entry with FP8 inputs or output, or an input an adapter changes, computes on whole
+        tensors: FP8 bytes are not values, a block's scale applies across rows, B A is a matrix
+        product. One exception: an FP8 weight passed through unchanged into the same blocks is
+        copied as it is, bytes and scales (its exact values)."""
         raw = self.spec.raw_kernel
-        if raw is not None and raw.is_identity(params) and len(models) == 1 and fp8 is not None and scales[0]:
+        identity = raw is not None and raw.is_identity(params)
+        if identity and not adapted and len(models) == 1 and fp8 is not None and scales[0]:
             scheme, donor = self.checkpoints[models[0]].fp8, self.fp8.donor.fp8
             if scheme and donor and (scheme.block, scheme.power_of_two) == (donor.block, donor.power_of_two):
                 return Route.COPY

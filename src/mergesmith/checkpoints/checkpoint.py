@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergesmith.checkpoints import hub
 from mergesmith.checkpoints.config_fields import check_config, config_vocab_size
@@ -27,6 +27,9 @@ from mergesmith.checkpoints.safetensors_file import TensorInfo, read_header
 from mergesmith.checkpoints.structure import LayerGapError, Structure, find_structure
 from mergesmith.errors import CheckpointError
 
+if TYPE_CHECKING:
+    from mergesmith.checkpoints.adapter import LoraAdapter, LoraDelta
+
 
 class Checkpoint:
     """Config, tensor names and lazily read tensors of one model (local folder or hub)."""
@@ -39,6 +42,7 @@ class Checkpoint:
         self.config = self._read_config()
         self.fp8 = read_scheme(self.config, ref.text)  # block-scaled FP8; any other quantization is refused
         self.weight_map = self._find_weights()  # tensor name -> weight file name
+        self.adapter = self._open_adapter()  # the LoRA of a model+adapter reference, applied while reading
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.ref.text!r})"
@@ -75,8 +79,33 @@ class Checkpoint:
             )
         return path
 
+    def _open_adapter(self) -> LoraAdapter | None:
+        if self.ref.adapter is None:
+            return None
+        from mergesmith.checkpoints.adapter import LoraAdapter
+
+        return LoraAdapter(self.ref.adapter, self.weight_map, self.ref.text)
+
+    def lora_delta(self, name: str) -> LoraDelta | None:
+        """How the adapter changes tensor `name` (None: it does not), checked against its shape."""
+        if self.adapter is None or name not in self.adapter.deltas:
+            return None
+        self.adapter.check_shape(name, self.tensor_info(name).shape)
+        return self.adapter.deltas[name]
+
     def tensor_info(self, name: str) -> TensorInfo:
-        """Dtype, shape and location of a tensor; reads (and for hub models fetches) only its file's header."""
+        """Dtype, shape and location of a tensor; reads (and for hub models fetches) only its file's header.
+        With an adapter: its own tensors (TENSOR_PREFIX names), and those it saves in place of the model's."""
+        if self.adapter is not None:
+            own = self.adapter.replaced.get(name, name)
+            if own in self.adapter.infos:
+                info = self.adapter.tensor_info(own)
+                if own != name:  # saved in place of the model's: it must fit where that one was
+                    self.adapter.check_replacement(name, info, self._model_tensor_info(name).shape)
+                return info
+        return self._model_tensor_info(name)
+
+    def _model_tensor_info(self, name: str) -> TensorInfo:
         filename = self.weight_map.get(name)
         if filename is None:
             raise CheckpointError(f"model {self.ref.text!r}: no tensor named {name!r}")

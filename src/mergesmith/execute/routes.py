@@ -38,7 +38,17 @@ class Fp8Input(NamedTuple):
     block: tuple[int, int]
 
 
-Input = TensorInfo | Fp8Input  # one source of an entry, as a route reads it
+class LoraInput(NamedTuple):
+    """A weight a LoRA adapter changes, as a route reads it: W + scale * B A ((B A)^T where transposed)."""
+
+    values: TensorInfo | Fp8Input
+    a: TensorInfo
+    b: TensorInfo
+    scale: float
+    transposed: bool
+
+
+Input = TensorInfo | Fp8Input | LoraInput  # one source of an entry, as a route reads it
 
 
 def run_work(work: Work, inputs: Inputs, writer: ShardWriter, settings: TaskSettings) -> None:
@@ -51,9 +61,15 @@ def run_work(work: Work, inputs: Inputs, writer: ShardWriter, settings: TaskSett
 
 def _input(inputs: Inputs, source: Source) -> Input:
     info = inputs[source.model, source.tensor]
-    if source.fp8 is None:
-        return info
-    return Fp8Input(source.model, info, inputs[source.model, source.fp8.tensor], source.fp8.block)
+    values = (
+        info
+        if source.fp8 is None
+        else Fp8Input(source.model, info, inputs[source.model, source.fp8.tensor], source.fp8.block)
+    )
+    lora = source.lora
+    if lora is None:
+        return values
+    return LoraInput(values, inputs[source.model, lora.a], inputs[source.model, lora.b], lora.scale, lora.transposed)
 
 
 def is_raw(entry: PlanEntry) -> bool:
@@ -282,15 +298,33 @@ def _read_elements(info: TensorInfo, first: int, count: int, compute: str | None
 
 def _read_values(source: Input, count: int | None, compute: str | None):
     """The first `count` values of a source (None: all), flat, cast to `compute`."""
-    if isinstance(source, Fp8Input):
-        values = _dequantized(source, "cpu").reshape(-1)
+    if isinstance(source, Fp8Input | LoraInput):
+        values = (_dequantized(source, "cpu") if isinstance(source, Fp8Input) else _adapted(source, "cpu")).reshape(-1)
         return (values if count is None else values[:count]).to(torch_dtype(compute))
     count = source.nbytes // element_size(source.dtype) if count is None else count
     return _read_elements(source, 0, count, compute)
 
 
 def _input_shape(source: Input) -> tuple[int, ...]:
+    if isinstance(source, LoraInput):
+        return _input_shape(source.values)
     return source.values.shape if isinstance(source, Fp8Input) else source.shape
+
+
+def _adapted(source: LoraInput, device: str):
+    """W + scale * B A in float32, on `device`: the weight a model+adapter reference stands for
+    (PEFT's merge_and_unload, computed once in float32 rather than rounded twice)."""
+    import torch
+
+    if isinstance(source.values, Fp8Input):
+        weight = _dequantized(source.values, device)
+    else:
+        weight = _read_elements(source.values, 0, math.prod(source.values.shape), "F32")
+        weight = weight.reshape(source.values.shape).to(device)
+    a = _read_elements(source.a, 0, math.prod(source.a.shape), "F32").reshape(source.a.shape).to(device)  # (r, in)
+    b = _read_elements(source.b, 0, math.prod(source.b.shape), "F32").reshape(source.b.shape).to(device)  # (out, r)
+    delta = b @ a  # (out, in)
+    return torch.add(weight, delta.T if source.transposed else delta, alpha=source.scale)
 
 
 def _dequantized(source: Fp8Input, device: str):
@@ -314,6 +348,8 @@ def _read_to_device(source: Input, device: str):
 
     if isinstance(source, Fp8Input):
         return _dequantized(source, device)
+    if isinstance(source, LoraInput):
+        return _adapted(source, device)
     info = source
     if info.start >= 0:
         pinned = torch.empty(info.nbytes, dtype=torch.uint8, pin_memory=True)  # cached by torch

@@ -149,6 +149,9 @@ def input_paths(checkpoints: Mapping[str, Checkpoint]) -> list[tuple[str, Path]]
             weights = checkpoint.folder / filename
             if weights.exists():
                 paths.append((what, weights.resolve().parent))
+        if checkpoint.adapter is not None:
+            folders = {info.path.resolve().parent for info in checkpoint.adapter.infos.values()}
+            paths += [(f"the adapter of {what}", folder) for folder in sorted(folders)]
     return paths
 
 

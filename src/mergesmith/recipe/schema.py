@@ -30,7 +30,46 @@ def _parse_parameters(raw: Any) -> Any:
 
 
 Parameters = Annotated[dict[str, Any] | None, BeforeValidator(_parse_parameters)]
-ModelRef = Annotated[str, "a model reference: hub id, org/name@revision, or a folder path"]
+
+
+def _reference_text(raw: Any) -> Any:
+    """mergekit's long form of a reference, `{model: {path, revision}, lora: {path, revision}}` (each
+    part also a plain string), as the short one: `path@revision+lora@revision`."""
+    if not isinstance(raw, dict):
+        return raw
+    unknown = sorted(set(raw) - {"model", "lora"})
+    if unknown or "model" not in raw:
+        found = f"unknown key {unknown[0]!r}" if unknown else "no model"
+        extra = " (override_architecture is not supported: merge models of one architecture)" if unknown else ""
+        raise PydanticCustomError(
+            "reference",
+            "a model reference as a mapping has keys model and lora; found {found}{extra}",
+            {"found": found, "extra": extra},
+        )
+    parts = [_path_text(raw["model"], "model")]
+    if raw.get("lora") is not None:
+        parts.append(_path_text(raw["lora"], "lora"))
+    return "+".join(parts)
+
+
+def _path_text(raw: Any, key: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict) and isinstance(raw.get("path"), str) and set(raw) <= {"path", "revision"}:
+        revision = raw.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise PydanticCustomError("reference", "{key}.revision must be a string", {"key": key})
+        return f"{raw['path']}@{revision}" if revision else raw["path"]
+    raise PydanticCustomError(
+        "reference",
+        "{key}: expected a path or {{path: ..., revision: ...}}, found {found}",
+        {"key": key, "found": repr(raw)},
+    )
+
+
+ModelRef = Annotated[
+    str, BeforeValidator(_reference_text), "a model reference: hub id, org/name@revision, or a folder path"
+]
 
 
 class _Strict(BaseModel):
