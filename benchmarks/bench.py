@@ -5,6 +5,7 @@
     python benchmarks/bench.py dus [--size 1g] ...                # depth up-scaling: 4 overlapping 24-layer ranges
     python benchmarks/bench.py seed --compare-with /path/to/old/src  # also run another mergesmith source tree
     python benchmarks/bench.py ties --ray                           # also run with --executor ray (local instance)
+    python benchmarks/bench.py lora [--size 1g] ...               # a `base+adapter` input (rank 16, 7 modules)
 
 Each command runs as a child process; wall time, CPU time and peak RSS are read from that child's
 own rusage (os.wait4). Runs alternate between the tools so that cache state treats them alike.
@@ -101,6 +102,13 @@ def scenario(name: str, work: Path, size: str) -> tuple[str, dict[str, Path], in
     if name == "seed":
         models = {SEED_MODEL: build(work / f"fimbulvetr-{size}", size, seed=1)}
         recipe = seed_recipe_text()
+    elif name == "lora":
+        models = {"base": build(work / f"base-{size}", size, seed=1)}
+        adapter = work / f"adapter-{size}"
+        if not (adapter / "adapter_config.json").exists():
+            subprocess.run([sys.executable, __file__, "--build-adapter", str(adapter), "--size", size], check=True)
+        models["adapter"] = adapter
+        recipe = "models:\n  - model: base+adapter\nmerge_method: passthrough\ndtype: bfloat16\n"
     elif name == "dus":
         models = {SEED_MODEL: build(work / f"fimbulvetr-{size}", size, seed=1)}
         recipe = DEPTH_UPSCALING.replace("MODEL", SEED_MODEL)
@@ -111,6 +119,42 @@ def scenario(name: str, work: Path, size: str) -> tuple[str, dict[str, Path], in
             del models["base"]
     size_bytes = sum(p.stat().st_size for m in models.values() for p in m.glob("*.safetensors"))
     return recipe, models, size_bytes
+
+
+LORA_RANK = 16
+LORA_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+
+
+def build_adapter(folder: Path, size: str) -> Path:
+    """A PEFT LoRA adapter (rank 16 on every linear layer, float32, random A and B) of SIZE's model."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    config = mistral_config(**SIZES[size])
+    shapes = {f"model.{t.name.removeprefix('model.')}": t.shape for t in llama_style_tensors(config)}
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for module in LORA_MODULES:
+            out_features, in_features = shapes[f"model.layers.{layer}.{module}.weight"]
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, in_features, generator=generator) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_features, LORA_RANK, generator=generator) * 0.01
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    settings = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": LORA_RANK,
+        "lora_alpha": 2 * LORA_RANK,
+        "target_modules": sorted(m.split(".")[-1] for m in LORA_MODULES),
+        "base_model_name_or_path": "base",
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2))
+    return folder
 
 
 def warm_page_cache(folders) -> None:
@@ -124,7 +168,7 @@ def warm_page_cache(folders) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", nargs="?", choices=["seed", "dus", *MULTI_MODEL_RECIPES], default="seed")
+    parser.add_argument("scenario", nargs="?", choices=["seed", "dus", "lora", *MULTI_MODEL_RECIPES], default="seed")
     parser.add_argument("--size", choices=sorted(SIZES), default="1g")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
@@ -134,7 +178,11 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="also run mergesmith with --executor ray")
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--build-adapter", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_adapter:
+        build_adapter(args.build_adapter, args.size)
+        return
     if args.build:
         config = mistral_config(**SIZES[args.size])
         write_synthetic_model(args.build, config, llama_style_tensors(config), seed=args.seed)
@@ -146,7 +194,7 @@ def main() -> None:
     (work / f"{args.scenario}.yaml").write_text(recipe)
     mk_recipe = recipe
     for name, folder in models.items():  # mergekit has no --model-path: write the folders in
-        mk_recipe = re.sub(rf"(model:\s*){re.escape(name)}(?=[\s,}}]|$)", rf"\g<1>{folder}", mk_recipe, flags=re.M)
+        mk_recipe = re.sub(rf"(model:\s*|\+){re.escape(name)}(?=[\s,}}+]|$)", rf"\g<1>{folder}", mk_recipe, flags=re.M)
     (work / f"{args.scenario}-mergekit.yaml").write_text(mk_recipe)
     paths = " ".join(f"--model-path {name}={folder}" for name, folder in models.items())
     mergesmith = shutil.which("mergesmith") or "mergesmith"
@@ -164,8 +212,9 @@ def main() -> None:
         tools[f"mergesmith ({args.compare_with})"] = f"{cli} {merge_args}"
     if not args.no_mergekit:
         tools["mergekit 0.1.5"] = (
-            f"rm -rf {work}/out-mk && {mergekit_yaml(args.mergekit)} {work}/{args.scenario}-mergekit.yaml "
-            f"{work}/out-mk --quiet && sync"
+            f"rm -rf {work}/out-mk {work}/mk-lora-cache && {mergekit_yaml(args.mergekit)} "
+            f"{work}/{args.scenario}-mergekit.yaml {work}/out-mk --quiet "
+            f"--lora-merge-cache {work}/mk-lora-cache && sync"
         )
     warm_page_cache(models.values())
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in tools}

@@ -458,6 +458,60 @@ def _show(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+@cli.group()
+def lora() -> None:
+    """LoRA adapters: apply them to a base (merge), extract one from a fine-tune (extract)."""
+
+
+@lora.command("merge")
+@click.argument("paths", nargs=-1, required=True, metavar="BASE ADAPTER... OUT")
+@click.option("--weight", "weights", type=float, multiple=True, help="One per adapter, in order (default 1.0 each).")
+@click.option("--dtype", help="The output's dtype (bfloat16, float16, float32); default: the base's.")
+@model_path_option
+@size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def lora_merge(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    weights: tuple[float, ...],
+    dtype: str | None,
+    model_paths: dict,
+    out_shard_size: int,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Apply each ADAPTER (a PEFT LoRA folder or hub id) to BASE, weighted, streamed into OUT.
+
+    One adapter at weight 1 gives exactly what PEFT's merge_and_unload gives; several add their
+    weighted changes (task arithmetic over BASE+ADAPTER).
+    """
+    from mergesmith.api import merge as run_merge
+    from mergesmith.api import parse_recipe
+    from mergesmith.execute import MergeOptions
+    from mergesmith.lora.merge import adapters_recipe
+
+    if len(paths) < 3:
+        raise click.UsageError("give BASE, at least one ADAPTER, and OUT")
+    text = adapters_recipe(paths[0], paths[1:-1], weights, dtype)
+    options = MergeOptions(
+        out_shard_bytes=out_shard_size,
+        overwrite=overwrite,
+        device=device,
+        progress=not (ctx.obj["quiet"] or as_json),
+    )
+    report = run_merge(
+        parse_recipe(text, source="lora merge"), Path(paths[-1]), model_paths=model_paths, options=options
+    )
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
+    elif not ctx.obj["quiet"]:
+        _echo_summary(report)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print every method's spec as one JSON document.")
 def methods(as_json: bool) -> None:

@@ -299,3 +299,39 @@ def test_adapter_whose_product_does_not_fit_the_weight_is_refused(tmp_path, caps
         "lora_A [4, 32] and lora_B [32, 4] of model.layers.0.self_attn.q_proj.weight do not fit the model's "
         "model.layers.0.self_attn.q_proj.weight [16, 32]",
     )  # fmt: skip
+
+
+# --- mergesmith lora merge BASE ADAPTER... OUT
+
+
+def test_lora_merge_of_one_adapter_is_peft_merge_and_unload(tmp_path, capsys, llama_adapter):
+    base, adapter = llama_adapter
+    code, err = run(["lora", "merge", str(base), str(adapter), str(tmp_path / "out"), "--dtype", "float32"], capsys)
+    assert code == 0, err
+    merged, expected = load_file(tmp_path / "out" / "model.safetensors"), peft_merged(base, adapter)
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, expected[name].float(), rtol=1e-6, atol=1e-7, msg=name)
+    assert "passthrough" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_lora_merge_adds_the_weighted_changes_of_several_adapters(tmp_path, capsys, llama_adapter):
+    base, first = llama_adapter
+    second = lora_adapter(base, tmp_path / "second", "llama", seed=7, r=2, lora_alpha=4, target_modules=["v_proj"])
+    out = tmp_path / "out"
+    args = ["lora", "merge", str(base), str(first), str(second), str(out), "--weight", "0.5", "--weight", "2"]
+    code, err = run([*args, "--dtype", "float32"], capsys)
+    assert code == 0, err
+    merged, source = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    module = "model.layers.1.self_attn.v_proj"
+    w = source[f"{module}.weight"].float()
+    expected = w + 0.5 * (by_hand(base, first, module) - w) + 2.0 * (by_hand(base, second, module) - w)
+    torch.testing.assert_close(merged[f"{module}.weight"], expected, rtol=1e-5, atol=1e-6)
+    untouched = "model.layers.1.mlp.up_proj.weight"  # neither adapter changes it
+    assert torch.equal(merged[untouched], source[untouched].float())
+
+
+def test_lora_merge_with_a_weight_per_adapter_missing_is_refused(tmp_path, capsys, llama_adapter):
+    base, adapter = llama_adapter
+    out = tmp_path / "out"
+    code, err = run(["lora", "merge", str(base), str(adapter), str(adapter), str(out), "--weight", "0.5"], capsys)
+    refused(code, err, out, "lora merge: 1 --weight values for 2 adapters", "hint: give one --weight per adapter")
