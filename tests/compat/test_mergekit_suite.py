@@ -28,7 +28,7 @@ from scenarios import BY_NAME, REFERENCES, SCENARIOS  # noqa: E402
 from suite_models import build_inputs, folder_digest  # noqa: E402
 
 from mergesmith.checkpoints import resolve_reference  # noqa: E402
-from mergesmith.errors import MergesmithError, UnsupportedError  # noqa: E402
+from mergesmith.errors import MergesmithError  # noqa: E402
 
 EXPECTED = json.loads((HERE / "expected_suite.json").read_text())
 
@@ -196,17 +196,19 @@ def test_every_scenario_has_an_expected_outcome() -> None:
 @pytest.mark.parametrize("text", sorted(REFERENCES))
 def test_model_reference_as_mergekit_parses_it(text: str) -> None:
     """tests/test_modelref.py: what mergekit parses, mergesmith resolves to the same name and
-    revision; LoRA references (model+adapter) are refused as not supported yet (docs/compatibility.md);
-    what mergekit rejects, mergesmith rejects."""
+    revision, and the adapter of a LoRA reference (model+adapter) to mergekit's; what mergekit
+    rejects, mergesmith rejects."""
     expected = REFERENCES[text]
     if expected == "error":
         with pytest.raises(MergesmithError):
             resolve_reference(text)
         return
     path, revision, lora = expected
-    if lora is not None:
-        with pytest.raises(UnsupportedError, match=r"LoRA references \(model\+adapter\) are not supported"):
-            resolve_reference(text)
-        return
     ref = resolve_reference(text)
     assert (ref.repo_id, ref.revision) == (path, revision)
+    adapter = ref.adapter
+    if lora is None:
+        assert adapter is None
+        return
+    assert adapter is not None
+    assert adapter.repo_id == lora  # mergekit's test names the adapter's path

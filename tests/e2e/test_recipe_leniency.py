@@ -189,10 +189,11 @@ REFUSED = [
         "error: tokenizer_source: 'model:b' is an old spelling that mergekit 0.1.5 no longer reads; "
         "write tokenizer_source: b\n",
     ),
-    (
+    (  # the adapter is neither a folder nor in the hub cache
         "lora",
         "models: [{model: a+org/adapter, parameters: {weight: 1}}]\nmerge_method: linear\n",
-        "error: model 'a+org/adapter': LoRA references (model+adapter) are not supported yet\n",
+        "error: adapter 'org/adapter' of model 'a+org/adapter': no adapter_config.json in hub repository "
+        "'org/adapter' (or, offline, not in the local hub cache)\n",
     ),
 ]
 

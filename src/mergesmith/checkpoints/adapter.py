@@ -104,8 +104,14 @@ class LoraAdapter:
     def _read_config(self) -> dict[str, Any]:
         path = self._file(ADAPTER_CONFIG)
         if path is None:
+            if self.ref.folder is None:
+                raise CheckpointError(
+                    f"{self.where}: no {ADAPTER_CONFIG} in hub repository {self.ref.repo_id!r} "
+                    "(or, offline, not in the local hub cache)",
+                    hint="download the adapter first, or map it to a folder with --model-path NAME=DIR",
+                )
             raise CheckpointError(
-                f"{self.where}: no {ADAPTER_CONFIG} in {self.folder or self.ref.text}",
+                f"{self.where}: no {ADAPTER_CONFIG} in {self.folder}",
                 hint="a PEFT adapter folder holds adapter_config.json beside adapter_model.safetensors",
             )
         config = read_json(path, f"{self.where}: {ADAPTER_CONFIG}")

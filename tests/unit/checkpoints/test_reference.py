@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mergesmith.checkpoints import resolve_reference
-from mergesmith.errors import CheckpointError, UnsupportedError
+from mergesmith.errors import CheckpointError
 
 
 def test_hub_id_with_revision():
@@ -29,10 +29,18 @@ def test_mapping_to_a_missing_folder(tmp_path):
     assert str(err.value).startswith(f"--model-path org/name={tmp_path / 'gone'}: folder not found")
 
 
-def test_lora_is_refused_clearly():
-    with pytest.raises(UnsupportedError) as err:
-        resolve_reference("org/base+org/adapter")
-    assert "LoRA references (model+adapter) are not supported yet" in str(err.value)
+def test_lora_reference_names_the_base_and_its_adapter():
+    ref = resolve_reference("org/base@v1+org/adapter")
+    assert (ref.text, ref.repo_id, ref.revision) == ("org/base@v1+org/adapter", "org/base", "v1")
+    assert ref.adapter is not None and (ref.adapter.repo_id, ref.adapter.revision) == ("org/adapter", None)
+
+
+def test_lora_reference_with_more_than_one_plus_is_refused():
+    with pytest.raises(CheckpointError) as err:
+        resolve_reference("org/base+org/adapter+org/other")
+    assert str(err.value).startswith(
+        "model 'org/base+org/adapter+org/other': a LoRA reference is MODEL+ADAPTER, one '+' between two non-empty parts"
+    )
 
 
 def test_neither_folder_nor_hub_id(tmp_path):
