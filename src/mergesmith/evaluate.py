@@ -129,6 +129,16 @@ def _imports():
     return torch, transformers
 
 
+def _with_adapter(model: Any, adapter: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise MergesmithError(
+            f"measuring a model with the adapter {adapter!r} needs PEFT", hint="pip install peft"
+        ) from err
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
 class _Loaded:
     """A causal LM with hooks on its decoder layers."""
 
@@ -137,9 +147,12 @@ class _Loaded:
         self.name = str(folder)
         # CPUs without bf16 units run a float32 forward pass about 4x faster than a bf16 one.
         dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+        base, _, adapter = str(folder).partition("+") if not os.path.isdir(folder) else (str(folder), "", "")
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+            if adapter:  # base+adapter: the adapter applied, as a merge with that reference would
+                self.model = _with_adapter(self.model, adapter)
             if torch.cuda.is_available():
                 self.model.to("cuda")
         except (OSError, ValueError) as err:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from factory import lora_adapter
 from mergesmith.api import merge
-from mergesmith.evaluate import perplexity
+from mergesmith.evaluate import evaluate, perplexity
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -40,3 +40,6 @@ def test_smollm2_with_a_random_adapter_equals_peft_merge_and_unload(smollm2, tmp
     base = perplexity(smollm2, gpl3_text, max_tokens=256).value
     adapted = perplexity(tmp_path / "out", gpl3_text, max_tokens=256).value
     assert adapted != base and torch.isfinite(torch.tensor(adapted))
+    # evaluate reads base+adapter too (PEFT applies it): against the merged folder, the same model
+    result = evaluate(f"{smollm2}+{adapter}", base_dir=tmp_path / "out", text=gpl3_text, max_tokens=256)
+    assert result.kl_mean < 1e-3 and result.top1_agreement > 0.98, (result.kl_mean, result.top1_agreement)
