@@ -22,6 +22,9 @@ from mergesmith.recipe import LoadedRecipe, MethodNames
 from mergesmith.recipe import load as recipe_load
 from mergesmith.recipe.load import Reading
 from mergesmith.recipe.schema import Recipe
+from mergesmith.recipe.stages import Stage, parse_stages
+from mergesmith.search.multi import StageResult, run_stages
+from mergesmith.search.multi import plan_stages as plan_stages_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,61 @@ def parse_recipe(text: str, *, source: str = "<string>") -> LoadedRecipe:
         'slerp'
     """
     return recipe_load.parse_recipe(text, methods=method_names(), source=source)
+
+
+def load_stages(path: str | os.PathLike[str]) -> list[Stage]:
+    """Read a multi-stage recipe file (mergekit-multi's: one recipe per YAML document, named by
+    `name`), in the order its stages must run. Raises RecipeError for a bad document, duplicate
+    names or a cycle.
+    """
+    from mergesmith.recipe.yaml_text import read_text
+
+    text = read_text(path)
+    return parse_stages(
+        text,
+        str(path),
+        lambda document, line: recipe_load.parse_document(document, line, methods=method_names(), source=str(path)),
+    )
+
+
+def merge_stages(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_paths: Mapping[str, Path] | None = None,
+    options: MergeOptions | None = None,
+    on_stage=None,
+) -> list[StageResult]:
+    """Run every stage of a multi-stage recipe into out_dir/<name> (the unnamed one into
+    out_dir/final), skipping those unchanged since the run that made them (search/multi.py).
+
+    Example:
+        >>> merge_stages("stages.yaml", "merges")[-1].out
+        PosixPath('merges/final')
+    """
+    return run_stages(
+        load_stages(path), Path(out_dir), model_paths=model_paths, options=options, merge=merge, on_stage=on_stage
+    )
+
+
+def plan_stages(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] = ".",
+    *,
+    model_paths: Mapping[str, Path] | None = None,
+    allow_crimes: bool = False,
+    strict: bool = False,
+) -> list[tuple[Stage, Plan]]:
+    """Plan every stage of a multi-stage recipe before any is built: a stage that reads another's
+    output is planned against that stage's plan (its config, tensor names, shapes and dtypes)."""
+    stages = load_stages(path)
+    plans = plan_stages_of(
+        stages,
+        Path(out_dir),
+        lambda loaded, checkpoints: plan_readings(loaded, checkpoints, allow_crimes=allow_crimes, strict=strict)[1],
+        model_paths,
+    )
+    return list(zip(stages, plans))
 
 
 @functools.cache

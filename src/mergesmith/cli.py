@@ -248,6 +248,9 @@ def plan(
 
     if (recipe is None) == (from_card is None):
         raise click.UsageError("give RECIPE or --from-card ID")
+    if recipe is not None and _is_multi_stage(recipe):
+        _plan_stages(recipe, model_paths, strict, as_json)
+        return
     loaded = _read_recipe(recipe, from_card, quiet=ctx.obj["quiet"])
     from mergesmith.execute.run import resolve_device
 
@@ -262,6 +265,41 @@ def plan(
         from mergesmith.plots import plot_plan
 
         click.echo(f"wrote {plot_plan(result, plot_path)}", err=True)
+    if as_json:
+        click.echo(json.dumps(_plan_document(result), indent=2, default=_plan_json))
+        return
+    _echo_plan(result)
+
+
+def _is_multi_stage(path: Path) -> bool:
+    from mergesmith.recipe.stages import is_multi_stage
+    from mergesmith.recipe.yaml_text import read_text
+
+    try:
+        return is_multi_stage(read_text(path))
+    except MergesmithError:
+        return False  # the single-recipe reader reports it
+
+
+def _plan_stages(path: Path, model_paths: dict, strict: bool, as_json: bool) -> None:
+    """A multi-stage recipe's plan: each stage's, in the order they run (OUT_DIR/<name> as `multi` writes them)."""
+    from mergesmith.api import plan_stages
+
+    planned = plan_stages(path, model_paths=model_paths, strict=strict)
+    if as_json:
+        stages = [
+            {"name": s.name, "document": s.document, "depends": list(s.depends), "plan": _plan_document(p)}
+            for s, p in planned
+        ]
+        click.echo(json.dumps({"stages": stages}, indent=2, default=_plan_json))
+        return
+    for stage, result in planned:
+        reads = f", reads {', '.join(stage.depends)}" if stage.depends else ""
+        click.echo(f"# stage {stage.name} (document {stage.document}){reads}: {len(result.entries)} tensors")
+        _echo_plan(result)
+
+
+def _plan_document(result: Any) -> dict[str, Any]:
     vocabulary = result.vocabulary
     summary: dict[str, Any] | None = None
     if vocabulary is not None:  # the per-model row maps are data for the executor, not for reading
@@ -272,10 +310,11 @@ def plan(
             "added": [entry["content"] for entry in vocabulary.appended],
             "dropped_ids": list(vocabulary.dropped),
         }
-    if as_json:
-        plan_dict = asdict(result, dict_factory=_without_unset_fp8)
-        click.echo(json.dumps({**plan_dict, "vocabulary": summary}, indent=2, default=_plan_json))
-        return
+    return {**asdict(result, dict_factory=_without_unset_fp8), "vocabulary": summary}
+
+
+def _echo_plan(result: Any) -> None:
+    summary = _plan_document(result)["vocabulary"] if result.vocabulary is not None else None
     if summary is not None:
         names: list[str] = summary["added"]
         added = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
@@ -456,6 +495,54 @@ def _show(value: object) -> str:
     if isinstance(value, tuple) and len(value) == 1:
         value = value[0]
     return repr(value) if isinstance(value, str) else str(value)
+
+
+@cli.command()
+@click.argument("recipes", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@model_path_option
+@size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
+@click.option("--overwrite", is_flag=True, help="Replace stage folders under OUT_DIR that no earlier run made.")
+@click.option("--random-seed", type=int, help="Seed for random methods (DARE, DELLA, arcee_fusion) in every stage.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print each stage's result as JSON on stdout.")
+@click.pass_context
+def multi(
+    ctx: click.Context,
+    recipes: Path,
+    out_dir: Path,
+    model_paths: dict,
+    out_shard_size: int,
+    overwrite: bool,
+    random_seed: int | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Run a multi-stage recipe (mergekit-multi's YAML) into OUT_DIR.
+
+    Each YAML document is a recipe; a `name` makes it a stage written to OUT_DIR/<name>, which
+    later documents read by that name. The unnamed document, if any, goes to OUT_DIR/final.
+    Stages run in dependency order; one unchanged since the run that made it is skipped.
+    """
+    from mergesmith.api import merge_stages
+    from mergesmith.execute import MergeOptions
+
+    quiet = ctx.obj["quiet"] or as_json
+    options = MergeOptions(
+        out_shard_bytes=out_shard_size, overwrite=overwrite, random_seed=random_seed, device=device, progress=not quiet
+    )
+
+    def announce(stage, index: int, skipped: bool) -> None:
+        if not quiet:
+            what = "unchanged, skipped" if skipped else "merging"
+            click.echo(f"stage {index + 1} {stage.name} (document {stage.document}): {what}", err=True)
+
+    results = merge_stages(recipes, out_dir, model_paths=model_paths, options=options, on_stage=announce)
+    if as_json:
+        click.echo(json.dumps([{**asdict(r), "out": str(r.out)} for r in results], indent=2))
+    elif not ctx.obj["quiet"]:
+        for result in results:
+            click.echo(f"{result.name}: {result.out} ({'skipped' if result.skipped else f'{result.elapsed_s:.1f} s'})")
 
 
 @cli.group()

@@ -75,6 +75,14 @@ def parse_recipe(text: str, *, methods: MethodNames, source: str = "<string>") -
     A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
     """
     if not looks_like_card(text):
+        from mergesmith.recipe.stages import yaml_documents
+
+        documents = yaml_documents(text)
+        if len(documents) > 1:
+            raise RecipeError(
+                f"{source}: {len(documents)} YAML documents: a multi-stage recipe (mergekit-multi's format)",
+                hint=f"run it with mergesmith multi {source} OUT_DIR (each named stage goes to OUT_DIR/<name>)",
+            )
         return _parse_block(text, source, 0, methods, from_card=False)
     blocks = recipe_blocks(card_blocks(text))
     if not blocks:
@@ -82,6 +90,11 @@ def parse_recipe(text: str, *, methods: MethodNames, source: str = "<string>") -
     if len(blocks) == 1:
         return _parse_block(blocks[0].text, source, blocks[0].line - 1, methods, from_card=True)
     return _one_of(blocks, source, methods)
+
+
+def parse_document(text: str, first_line: int, *, methods: MethodNames, source: str) -> LoadedRecipe:
+    """One document of a multi-stage recipe file, starting at line `first_line` of `source`."""
+    return _parse_block(text, source, first_line - 1, methods, from_card=False)
 
 
 def _one_of(blocks: list[CardBlock], source: str, methods: MethodNames) -> LoadedRecipe:
