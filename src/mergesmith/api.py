@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import yaml
+
 from mergesmith.checkpoints import Checkpoint, open_checkpoints
 from mergesmith.driver import MergeReport, merge_plan
 from mergesmith.errors import MergesmithError, RecipeError
@@ -23,6 +25,7 @@ from mergesmith.recipe import load as recipe_load
 from mergesmith.recipe.load import Reading
 from mergesmith.recipe.schema import Recipe
 from mergesmith.recipe.stages import Stage, parse_stages
+from mergesmith.search.evolve import SearchSettings, SearchState
 from mergesmith.search.multi import StageResult, run_stages
 from mergesmith.search.multi import plan_stages as plan_stages_of
 
@@ -107,6 +110,65 @@ def plan_stages(
         model_paths,
     )
     return list(zip(stages, plans))
+
+
+def evolve(
+    genome_path: str | os.PathLike[str],
+    storage: str | os.PathLike[str],
+    *,
+    settings: SearchSettings | None = None,
+    model_paths: Mapping[str, Path] | None = None,
+    merge_best: bool = True,
+    on_generation=None,
+) -> SearchState:
+    """Search a genome's merge parameters with CMA-ES (search/evolve.py), scoring each candidate
+    merged in memory; write STORAGE/best.yaml, evaluations.jsonl, fitness.png and, with
+    `merge_best`, the best merge into STORAGE/best-model. Everything the genome needs is checked
+    before the first evaluation: its keys, its tasks' data, and a plan of its starting point.
+    """
+    from mergesmith.recipe.yaml_text import read_text
+    from mergesmith.search import evolve as search
+    from mergesmith.search.fitness import Scorer, check_tasks
+    from mergesmith.search.genome import Genome, parse_config
+
+    settings = settings or SearchSettings()
+    storage = Path(storage)
+    text = read_text(genome_path)
+    config = parse_config(text, str(genome_path))
+    check_tasks(config, str(genome_path))
+    definition = config.genome
+    models = list(dict.fromkeys([*definition.models, *([definition.base_model] if definition.base_model else [])]))
+    checkpoints = open_checkpoints(models, model_paths)
+    layers = checkpoints[definition.models[0]].structure.main.count
+    if definition.layer_granularity and layers % definition.layer_granularity:
+        raise RecipeError(
+            f"{genome_path}: genome.layer_granularity {definition.layer_granularity} does not divide "
+            f"{definition.models[0]!r}'s {layers} layers",
+            hint="choose a divisor of the layer count, or 0 (one group)",
+        )
+    genome = Genome(definition, layers)
+
+    def to_loaded(recipe: dict) -> LoadedRecipe:
+        return parse_recipe(yaml.safe_dump(recipe, sort_keys=False), source="genome candidate")
+
+    def plan_candidate(loaded: LoadedRecipe, opened: Mapping[str, Checkpoint]) -> Plan:
+        return plan_merge(loaded, opened)
+
+    try:  # the starting point must plan: a genome whose models cannot be merged fails here
+        plan_candidate(to_loaded(genome.recipe(genome.initial())), checkpoints)
+    except MergesmithError as err:
+        raise type(err)(f"{genome_path}: the genome's models cannot be merged: {err.message}", hint=err.hint) from err
+    paths = dict(model_paths or {})
+
+    def make_scorer():
+        return Scorer(config, plan_candidate, paths)
+
+    state = search.run_search(config, text, genome, storage, settings, make_scorer, to_loaded, on_generation)
+    recipe_path = search.write_results(state, genome, storage)
+    search.plot_fitness(state, storage / "fitness.png")
+    if merge_best:
+        merge(recipe_path, storage / "best-model", model_paths=model_paths, options=MergeOptions(overwrite=True))
+    return state
 
 
 @functools.cache

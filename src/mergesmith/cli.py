@@ -545,6 +545,82 @@ def multi(
             click.echo(f"{result.name}: {result.out} ({'skipped' if result.skipped else f'{result.elapsed_s:.1f} s'})")
 
 
+@cli.command()
+@click.argument("genome", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--storage", required=True, type=click.Path(file_okay=False, path_type=Path), help="Search state and results."
+)
+@model_path_option
+@click.option("--max-evals", default=100, show_default=True, type=click.IntRange(1), help="Evaluations in all.")
+@click.option("--population", type=click.IntRange(2), help="Candidates per generation (default: CMA-ES's, 4 + 3 ln n).")
+@click.option(
+    "--sigma",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="CMA-ES's initial step size.",
+)
+@click.option(
+    "--seed", default=1, show_default=True, type=int, help="Seed of the search: the same seed, the same search."
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Ray actors scoring candidates (0: in this process).",
+)
+@click.option(
+    "--ray-address", metavar="ADDR", help="The Ray cluster to use; without it a local Ray instance is started."
+)
+@click.option("--no-merge", is_flag=True, help="Do not write the best merge into STORAGE/best-model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def evolve(
+    ctx: click.Context,
+    genome: Path,
+    storage: Path,
+    model_paths: dict,
+    max_evals: int,
+    population: int | None,
+    sigma: float,
+    seed: int,
+    workers: int,
+    ray_address: str | None,
+    no_merge: bool,
+    as_json: bool,
+) -> None:
+    """Search GENOME's merge parameters (mergekit-evolve's genome file) with CMA-ES.
+
+    Candidates are merged in memory and scored by the genome's tasks (perplexity, kl, agreement on
+    text files; lm-eval tasks where lm-eval is installed), in parallel on Ray. STORAGE keeps the
+    search state (a killed search resumes), best.yaml, evaluations.jsonl, fitness.png, best-model/.
+    """
+    from mergesmith.api import evolve as run_evolve
+    from mergesmith.search.evolve import SearchSettings, summary
+
+    settings = SearchSettings(max_evals, population, sigma, seed, workers, ray_address)
+
+    def progress(state) -> None:
+        if not (ctx.obj["quiet"] or as_json):
+            done = summary(state)
+            click.echo(
+                f"generation {done['generation']}: {done['evaluations']}/{max_evals} evaluations, "
+                f"best fitness {done['best_fitness']:.6g}",
+                err=True,
+            )
+
+    state = run_evolve(
+        genome, storage, settings=settings, model_paths=model_paths, merge_best=not no_merge, on_generation=progress
+    )
+    result = {**summary(state), "best_recipe": str(storage / "best.yaml"), "best_genotype": state.best["genotype"]}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not ctx.obj["quiet"]:
+        best, count = result["best_fitness"], result["evaluations"]
+        click.echo(f"best fitness {best:.6g} after {count} evaluations: {result['best_recipe']}")
+
+
 @cli.group()
 def lora() -> None:
     """LoRA adapters: apply them to a base (merge), extract one from a fine-tune (extract)."""
