@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 METHOD_PARAMETERS = {
     "linear": ("weight",),
@@ -44,7 +44,13 @@ class GenomeDefinition(_Strict):
 
 class Task(_Strict):
     """A fitness term: mergesmith's `perplexity` (on `text`), `kl` or `agreement` (against
-    `reference`, on `text`); any other name is an lm-eval task scored by `metric`."""
+    `reference`, on `text`); any other name is an lm-eval task scored by `metric`. A bare string
+    is a task's name, as mergekit-evolve reads it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
 
     name: str
     weight: float = 1.0
