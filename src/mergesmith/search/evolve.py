@@ -68,7 +68,10 @@ def run_search(
     """Search until `settings.max_evaluations`, resuming from STORAGE's saved state if it holds one
     of the same genome and settings. `make_scorer()` builds a Scorer (in each worker); `to_loaded`
     turns a recipe dict into a LoadedRecipe."""
-    import cma
+    try:
+        import cma
+    except ImportError:
+        raise MergesmithError("mergesmith evolve needs the cma package", hint="pip install 'mergesmith[search]'") from None
     import numpy as np
 
     # what decides the search's path; more evaluations, other workers or another cluster continue it
