@@ -71,7 +71,8 @@ def run_search(
     try:
         import cma
     except ImportError:
-        raise MergesmithError("mergesmith evolve needs the cma package", hint="pip install 'mergesmith[search]'") from None
+        hint = "pip install 'mergesmith[search]'"
+        raise MergesmithError("mergesmith evolve needs the cma package", hint=hint) from None
     import numpy as np
 
     # what decides the search's path; more evaluations, other workers or another cluster continue it
