@@ -675,6 +675,72 @@ def lora_merge(
         _echo_summary(report)
 
 
+@lora.command("extract")
+@click.argument("out", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "tuned", required=True, help="The fine-tune (a folder or hub id).")
+@click.option("--base", "--base-model", "base", required=True, help="Its base model (a folder or hub id).")
+@click.option("--out-path", type=click.Path(file_okay=False, path_type=Path), help="OUT, as mergekit names it.")
+@click.option("--rank", "--max-rank", "rank", type=int, help="The rank of every module's LoRA.")
+@click.option(
+    "--energy", type=float, help="Instead of --rank: per module, the least rank keeping this share of sum(S^2)."
+)
+@click.option("-i", "--include", "--include-regex", "include", multiple=True, help="Only modules matching (regex).")
+@click.option("-e", "--exclude", "--exclude-regex", "exclude", multiple=True, help="Not modules matching (regex).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--device", default="cpu", show_default=True, help="Where the SVDs run: cpu, cuda, cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@model_path_option
+@click.option("--json", "as_json", is_flag=True, help="Print each module's rank and error as JSON on stdout.")
+@click.pass_context
+def lora_extract(
+    ctx: click.Context,
+    out: Path | None,
+    tuned: str,
+    base: str,
+    out_path: Path | None,
+    rank: int | None,
+    energy: float | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    dtype: str,
+    device: str,
+    overwrite: bool,
+    model_paths: dict,
+    as_json: bool,
+) -> None:
+    """Extract a LoRA adapter (PEFT) approximating MODEL - BASE into OUT, module by module.
+
+    Reports each module's relative reconstruction error ||delta - B A|| / ||delta||.
+    """
+    from mergesmith.checkpoints import open_checkpoints
+    from mergesmith.lora.extract import ExtractSettings, extract_adapter
+
+    if (out is None) == (out_path is None):
+        raise click.UsageError("give OUT (or --out-path), once")
+    target = out or out_path
+    assert target is not None
+    settings = ExtractSettings(rank, energy, include, exclude, device, dtype, overwrite)
+    opened = open_checkpoints([tuned, base], model_paths)
+    quiet = ctx.obj["quiet"] or as_json
+
+    def progress(module: str, module_rank: int, error: float) -> None:
+        if not quiet:
+            click.echo(f"{module}: rank {module_rank}, relative error {error:.4f}", err=True)
+
+    report = extract_adapter(opened[tuned], opened[base], target, settings, on_module=progress)
+    if as_json:
+        modules = {m: {"rank": r, "relative_error": e} for m, (r, e) in report.modules.items()}
+        click.echo(
+            json.dumps({"out": str(target), "modules": modules, "modules_to_save": report.saved_whole}, indent=2)
+        )
+    elif not ctx.obj["quiet"]:
+        errors = [e for _, e in report.modules.values()]
+        click.echo(
+            f"{target}: {len(errors)} modules, relative error mean {sum(errors) / len(errors):.4f}, "
+            f"worst {max(errors):.4f}; saved whole: {', '.join(report.saved_whole) or 'none'}"
+        )
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print every method's spec as one JSON document.")
 def methods(as_json: bool) -> None:
