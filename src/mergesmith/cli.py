@@ -621,6 +621,44 @@ def evolve(
         click.echo(f"best fitness {best:.6g} after {count} evaluations: {result['best_recipe']}")
 
 
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@model_path_option
+@size_option("--out-shard-size", "5G", "Largest shard, in bytes (500M, 5G, 2GiB).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (built aside, swapped in at the end).")
+@click.option("--random-seed", default=0, show_default=True, type=int, help="Seed of random and uniform_random gates.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def moe(
+    ctx: click.Context,
+    config: Path,
+    out: Path,
+    model_paths: dict,
+    out_shard_size: int,
+    overwrite: bool,
+    random_seed: int,
+    as_json: bool,
+) -> None:
+    """Build a mixture-of-experts model from dense ones (mergekit-moe's CONFIG) into OUT.
+
+    Outputs Mixtral (from Llama/Mistral), Qwen2-MoE (from Qwen2, one shared expert) or Qwen3-MoE
+    (from Qwen3); gate_mode hidden runs the base on the prompts (needs the eval extra).
+    """
+    from mergesmith.execute import MergeOptions
+    from mergesmith.moe.assemble import build_moe
+    from mergesmith.recipe.yaml_text import read_text
+
+    options = MergeOptions(
+        out_shard_bytes=out_shard_size, overwrite=overwrite, progress=not (ctx.obj["quiet"] or as_json)
+    )
+    report = build_moe(read_text(config), str(config), out, model_paths=model_paths, options=options, seed=random_seed)
+    if as_json:
+        click.echo(json.dumps({**asdict(report), "out": str(report.out)}, indent=2))
+    elif not ctx.obj["quiet"]:
+        _echo_summary(report)
+
+
 @cli.group()
 def lora() -> None:
     """LoRA adapters: apply them to a base (merge), extract one from a fine-tune (extract)."""

@@ -150,6 +150,7 @@ class Plan:
     chat_template: str | None = None  # written as chat_template.jinja when the recipe chooses one
     generation_config: Mapping[str, Any] | None = None  # written instead of copied: token ids remapped
     warnings: tuple[str, ...] = ()  # recipe keys that mergekit ignores and so does this merge
+    method_line: str | None = None  # the card's account of how it was built, when not a merge method's
     modules: tuple[ModuleSummary, ...] = ()  # the main module (plain `slices:` build it) first
 
 

@@ -21,7 +21,7 @@ def model_card(plan: Plan, *, random_seed: int | None = None) -> str:
         f"This is a merge of pre-trained language models created using [mergesmith]({PROJECT_URL}).\n\n"
         "## Merge Details\n"
         "### Merge Method\n\n"
-        f"This model was merged using the {_method_line(plan)}.\n\n"
+        f"This model was {plan.method_line or 'merged using the ' + _method_line(plan)}.\n\n"
         + (
             f"The method draws random numbers; they came from `--random-seed {random_seed}`.\n\n"
             if random_seed is not None

@@ -196,41 +196,6 @@ class Genome:
 
 def parse_config(text: str, source: str) -> EvolveConfig:
     """A genome configuration from YAML text; unknown keys are errors naming the closest real one."""
-    import difflib
+    from mergesmith.recipe.strict import parse_strict
 
-    import yaml
-    from pydantic import ValidationError
-
-    from mergesmith.errors import RecipeError
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{source}: not YAML ({err})") from None
-    try:
-        return EvolveConfig.model_validate(data)
-    except ValidationError as err:
-        messages, hints = [], []
-        for problem in err.errors():
-            loc = problem["loc"]
-            path = "".join(f"[{p}]" if isinstance(p, int) else f"{'.' if i else ''}{p}" for i, p in enumerate(loc))
-            if problem["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1, cutoff=0.6)
-                messages.append(f"{path}: unknown key")
-                hints.append(f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(_keys_at(loc[:-1])))
-            else:
-                messages.append(f"{path or '(top level)'}: {problem['msg'][:1].lower()}{problem['msg'][1:]}")
-        raise RecipeError(f"{source}: " + "\n".join(messages), hint="; ".join(hints) or None) from None
-
-
-def _keys_at(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = EvolveConfig
-    for item in loc:
-        if isinstance(item, int):
-            continue
-        annotation = model.model_fields[item].annotation
-        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
-        model = next((a for a in inner if issubclass(a, BaseModel)), None)
-        if model is None:
-            return []
-    return list(model.model_fields)
+    return parse_strict(EvolveConfig, text, source)

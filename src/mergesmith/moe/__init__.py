@@ -1,0 +1,1 @@
+"""Mixture-of-experts models built from dense ones (`mergesmith moe`, mergekit-moe's config)."""
