@@ -66,15 +66,18 @@ def loads_and_generates(out: Path, architecture: str) -> None:
     assert generated.shape == (1, 7)
 
 
+def ids(tokenizer, prompt: str) -> list[int]:
+    """A prompt's tokens after the BOS token, as mergekit-moe tokenizes them."""
+    return tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False).input_ids
+
+
 def cheap_embed_router(models: dict[str, Path]) -> torch.Tensor:
-    """Per expert: the mean token embedding of each prompt, averaged over prompts, unit length."""
+    """Per expert: the sum of the embeddings of every token of its prompts, unit length."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(models["base"])
     embeddings = load_file(models["base"] / "model.safetensors")["model.embed_tokens.weight"].float()
     rows = []
     for prompts in PROMPTS.values():
-        vector = torch.stack(
-            [embeddings[tokenizer(p, add_special_tokens=False).input_ids].mean(0) for p in prompts]
-        ).mean(0)
+        vector = sum(embeddings[ids(tokenizer, p)].sum(0) for p in prompts)
         rows.append(vector / vector.norm())
     return torch.stack(rows)  # (experts, hidden)
 
@@ -112,10 +115,7 @@ def test_hidden_gates_are_the_base_models_hidden_states(tmp_path, llama, capsys)
     for e, prompts in enumerate(PROMPTS.values()):
         with torch.no_grad():
             states = [
-                model(
-                    torch.tensor([tokenizer(p, add_special_tokens=False).input_ids]), output_hidden_states=True
-                ).hidden_states
-                for p in prompts
+                model(torch.tensor([ids(tokenizer, p)]), output_hidden_states=True).hidden_states for p in prompts
             ]
         for layer in range(4):  # the state entering the layer at the last token, averaged, unit length
             vector = torch.stack([s[layer][0, -1] for s in states]).mean(0)

@@ -1,11 +1,14 @@
 """Router weights of an MoE built from dense models, one vector per expert and layer, as
 mergekit-moe documents its gate modes:
 
-- `hidden`: the base model run on each expert's prompts; per layer, the hidden state entering that
-  layer at each prompt's last token, averaged over the prompts; the negative prompts' average
-  subtracted; scaled to unit length. Needs transformers (the `eval` extra).
-- `cheap_embed`: the same from token embeddings only (each prompt's mean embedding, averaged over
-  prompts, negatives subtracted, unit length), equal for every layer: no model run.
+- `hidden`: the base model run on each expert's prompts (each after the BOS token); per layer, the
+  hidden state entering that layer at the prompt's last token, averaged over the prompts; the
+  negative prompts' average subtracted; scaled to unit length. Needs transformers (the `eval`
+  extra). mergekit-moe runs the prompts as one right-padded batch, so for a prompt shorter than
+  the longest it takes a padding position's state; mergesmith runs each prompt alone.
+- `cheap_embed`: from token embeddings only, equal for every layer (no model run): the sum of the
+  embeddings of every token of the prompts (each after the BOS token), scaled to unit length; the
+  negative prompts' vector subtracted and the result scaled to unit length again.
 - `random`: standard normal values; `uniform_random`: U(-1/sqrt(hidden), 1/sqrt(hidden)), as
   torch initialises a linear layer. Seeded: the same seed, the same router.
 """
@@ -48,7 +51,7 @@ def router_vectors(
         vector = average(expert.positive_prompts)
         if expert.negative_prompts:
             vector = vector - average(expert.negative_prompts)
-        vectors.append(vector / vector.norm(dim=-1, keepdim=True).clamp(min=1e-8))
+        vectors.append(_unit(vector))
     return torch.stack(vectors)
 
 
@@ -63,8 +66,12 @@ def _tokenizer(base: Checkpoint, mode: str) -> Any:
     return transformers.AutoTokenizer.from_pretrained(base.folder)
 
 
+def _unit(vector):
+    return vector / vector.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
 def _ids(tokenizer: Any, prompt: str) -> list[int]:
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = tokenizer((tokenizer.bos_token or "") + prompt, add_special_tokens=False).input_ids
     if not ids:
         raise RecipeError(f"prompt {prompt!r} has no tokens")
     return ids
@@ -78,8 +85,8 @@ def _embedding_average(base: Checkpoint, tokenizer: Any, layers: int):
     embeddings = tensor_from_bytes(base.read_bytes(name), info.dtype).reshape(info.shape).float()
 
     def average(prompts: list[str]):
-        means = torch.stack([embeddings[_ids(tokenizer, p)].mean(0) for p in prompts])  # (prompts, hidden)
-        return means.mean(0).expand(layers, -1)  # (layers, hidden): the same at every layer
+        total = torch.stack([embeddings[_ids(tokenizer, p)].sum(0) for p in prompts]).sum(0)  # (hidden,)
+        return _unit(total).expand(layers, -1)  # (layers, hidden): the same at every layer
 
     return average
 
