@@ -134,7 +134,7 @@ def build_adapter(folder: Path, size: str) -> Path:
     from safetensors.torch import save_file
 
     config = mistral_config(**SIZES[size])
-    shapes = {f"model.{t.name.removeprefix('model.')}": t.shape for t in llama_style_tensors(config)}
+    shapes = {t.output: t.shape for t in llama_style_tensors(config)}
     generator = torch.Generator().manual_seed(0)
     tensors = {}
     for layer in range(config["num_hidden_layers"]):

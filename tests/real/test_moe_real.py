@@ -28,6 +28,9 @@ def test_two_expert_moe_routes_each_text_to_its_expert(smollm2, tmp_path, gpl3_t
     texts = {"law": gpl3_text, "history": SAMPLE.read_text()}
     models = {"law": derive_model(smollm2, tmp_path / "law", seed=1, scale=0.002),
               "history": derive_model(smollm2, tmp_path / "history", seed=2, scale=0.002)}  # fmt: skip
+    for folder in models.values():  # each fine-tune's perplexity is measured with SmolLM2's tokenizer
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((smollm2 / name).read_bytes())
     experts = "".join(
         f"  - source_model: {name}\n    positive_prompts: {json.dumps(chunks(texts[name], 6))}\n" for name in models
     )

@@ -77,6 +77,8 @@ def extract_adapter(
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.to(saved_dtype).cpu().contiguous()
         ranks[module] = a.shape[0]
         report.modules[module] = (a.shape[0], error)
+        del tuned, original
+        _release_freed_memory()
         if on_module is not None:
             on_module(module, a.shape[0], error)
     if not ranks:
@@ -88,6 +90,17 @@ def extract_adapter(
     report.saved_whole = sorted(set(report.saved_whole))
     _write(out, tensors, _config(ranks, report.saved_whole, base), model, base, report, settings)
     return report
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the system: without it the allocator keeps every module's
+    temporaries (glibc's per-thread arenas), and memory grows with the number of modules."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and hasattr(libc := ctypes.CDLL(name), "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _check_settings(settings: ExtractSettings) -> None:
