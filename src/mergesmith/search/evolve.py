@@ -155,6 +155,8 @@ class _Pool:
             raise
 
     def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
         if self.actors:
             import ray
 

@@ -65,6 +65,7 @@ class Scorer:
         import torch
         import transformers
 
+        self._threads = torch.get_num_threads()  # restored by close(): a scorer in this process borrows it
         torch.set_num_threads(threads)  # sums split across threads round differently: a fixed split
         self.config, self._plan = config, plan  # plan(loaded, checkpoints) -> Plan
         genome = config.genome
@@ -85,6 +86,11 @@ class Scorer:
                 if key not in self.references:
                     self.references[key] = self._reference_logprobs(task, model_paths)
         self._model: Any = None
+
+    def close(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads)
 
     def score(self, loaded: LoadedRecipe) -> Score:
         import torch
