@@ -156,3 +156,32 @@ def test_an_existing_output_is_kept_without_overwrite(tmp_path, pair, capsys):
     code, _, err = extract(pair, tmp_path / "adapter", capsys, "--rank", "2", "--overwrite")
     assert code == 0, err
     assert not (tmp_path / "adapter" / "mine.txt").exists()
+
+
+def test_gpt2_conv1d_weights_are_extracted_for_fan_in_fan_out(tmp_path, capsys):
+    # GPT-2 stores its linear layers (in, out): the adapter says fan_in_fan_out, and PEFT rebuilds FT
+    from peft import PeftModel
+
+    base = cached_model("gpt2")
+    tuned = derive_model(base, tmp_path / "ft", seed=6, scale=0.02)
+    code, _, err = run(
+        ["lora", "extract", "--model", str(tuned), "--base", str(base), str(tmp_path / "a"), "--energy", "1"], capsys
+    )
+    assert code == 0, err
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True and "transformer.h.0.attn.c_attn" in config["target_modules"]
+    assert "transformer.wpe" in config["modules_to_save"]  # position embeddings: a table, saved whole
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    rebuilt = PeftModel.from_pretrained(model, tmp_path / "a").merge_and_unload().state_dict()
+    for name, tensor in load_file(tuned / "model.safetensors").items():
+        key = name if name in rebuilt else f"transformer.{name}"
+        torch.testing.assert_close(rebuilt[key], tensor.float(), rtol=0, atol=2e-6, msg=name)
+    # and mergesmith's own reading of the adapter (lora merge) rebuilds FT as PEFT does
+    code, _, err = run(
+        ["lora", "merge", str(base), str(tmp_path / "a"), str(tmp_path / "m"), "--dtype", "float32"], capsys
+    )
+    assert code == 0, err
+    for name, tensor in load_file(tmp_path / "m" / "model.safetensors").items():
+        torch.testing.assert_close(
+            tensor, load_file(tuned / "model.safetensors")[name].float(), rtol=0, atol=2e-6, msg=name
+        )

@@ -25,6 +25,8 @@ from mergesmith.errors import CheckpointError, RecipeError
 from mergesmith.output.folder import staging_folder
 
 PEFT_PREFIX = "base_model.model."
+# model types whose linear layers are transformers' Conv1D (weights stored (in, out))
+CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "decision_transformer"})
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ def extract_adapter(
     _check_pairs(model, base)
     report = ExtractReport(out)
     tensors: dict[str, Any] = {}
+    whole: dict[str, Any] = {}  # tensors that differ but get no LoRA: norms, biases, embeddings, head
     ranks: dict[str, int] = {}
     saved_dtype = getattr(torch, settings.dtype)
+    conv1d = model.config.get("model_type") in CONV1D_MODEL_TYPES
     for name in sorted(model.weight_map):
         tuned, original = _read(model, name, settings.device), _read(base, name, settings.device)
         if tuned.shape == original.shape and torch.equal(tuned, original):
@@ -69,10 +73,11 @@ def extract_adapter(
             report.left_out.append(module)
             continue
         if not _is_linear_weight(name, tuned):
-            tensors[PEFT_PREFIX + name] = tuned.to(saved_dtype).cpu()
-            report.saved_whole.append(module)
+            whole[name] = tuned.to(saved_dtype).cpu()
             continue
-        b, a, error = _factor(tuned - original, settings, name)
+        delta = tuned - original
+        # a Conv1D weight is stored (in, out): factor its transpose, and say so (fan_in_fan_out)
+        b, a, error = _factor(delta.T if conv1d else delta, settings, name)
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.to(saved_dtype).cpu().contiguous()
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.to(saved_dtype).cpu().contiguous()
         ranks[module] = a.shape[0]
@@ -87,8 +92,20 @@ def extract_adapter(
             "(after --include/--exclude)",
             hint="check that --model is the fine-tune of --base, and the patterns",
         )
+    lora_biases = False
+    for name, tensor in whole.items():
+        module = name.rsplit(".", 1)[0]
+        if name.endswith(".bias") and module in ranks:  # a LoRA layer's own bias: PEFT's bias="lora_only"
+            tensors[f"{PEFT_PREFIX}{module}.base_layer.bias"] = tensor
+            lora_biases = True
+        else:  # PEFT saves a whole module; a module both adapted and saved whole would not be adapted
+            tensors[PEFT_PREFIX + name] = tensor
+            report.saved_whole.append(module)
     report.saved_whole = sorted(set(report.saved_whole))
-    _write(out, tensors, _config(ranks, report.saved_whole, base), model, base, report, settings)
+    config = _config(ranks, report.saved_whole, base)
+    config["fan_in_fan_out"] = conv1d
+    config["bias"] = "lora_only" if lora_biases else "none"
+    _write(out, tensors, config, model, base, report, settings)
     return report
 
 
@@ -145,7 +162,10 @@ def _read(checkpoint: Checkpoint, name: str, device: str):
 
 
 def _is_linear_weight(name: str, tensor) -> bool:
-    return name.endswith(".weight") and tensor.dim() == 2 and not is_vocabulary_tensor(name)
+    """A linear layer's (or Conv1D's) matrix: 2-D, and not an embedding table (tokens, positions)."""
+    leaf = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else name
+    table = "emb" in leaf or leaf in ("wte", "wpe")
+    return name.endswith(".weight") and tensor.dim() == 2 and not is_vocabulary_tensor(name) and not table
 
 
 def _selected(module: str, settings: ExtractSettings) -> bool:
