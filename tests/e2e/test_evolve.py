@@ -146,7 +146,12 @@ def test_ray_actors_score_as_this_process_does(tmp_path, models, capsys):
         ["evolve", str(tmp_path / "genome.yaml"), "--storage", str(ray), "--workers", "2", *common], capsys
     )
     assert code == 0, err
-    assert evaluations(here) == evaluations(ray)
+
+    def scored(storage: Path) -> list[tuple]:
+        return [(e["genotype"], e["fitness"], e["terms"]) for e in evaluations(storage)]
+
+    assert scored(here) == scored(ray)
+    assert {e["node"] for e in evaluations(here)} == {"local"} and "local" not in {e["node"] for e in evaluations(ray)}
 
 
 @pytest.mark.parametrize(

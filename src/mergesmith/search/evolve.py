@@ -103,6 +103,7 @@ def run_search(
                         "genotype": [float(v) for v in x],
                         "fitness": s.fitness,
                         "terms": s.terms,
+                        "node": s.node,
                     }  # fmt: skip
                 )
             _save_state(storage, state)
@@ -169,7 +170,11 @@ class _Worker:
         self.scorer = make_scorer()
 
     def score(self, loaded: Any) -> Any:
-        return self.scorer.score(loaded)
+        import dataclasses
+
+        import ray
+
+        return dataclasses.replace(self.scorer.score(loaded), node=ray.get_runtime_context().get_node_id())
 
 
 def _load_state(storage: Path, digest: str) -> SearchState | None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class Score:
     fitness: float
     terms: dict[str, float]  # per task: its score before weighting
+    node: str = "local"  # where it was scored: a Ray node id, or this process
 
 
 def check_tasks(config: EvolveConfig, source: str) -> None:
