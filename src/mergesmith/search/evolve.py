@@ -134,7 +134,13 @@ class _Pool:
         self.local = make_scorer() if settings.workers == 0 else None
         self.actors: list[Any] = []
         if self.local is None:
-            import ray
+            try:
+                import ray
+            except ImportError:
+                raise MergesmithError(
+                    f"--workers {settings.workers} scores candidates on Ray actors, and Ray is not installed",
+                    hint="pip install 'mergesmith[ray]', or --workers 0 to score them in this process",
+                ) from None
 
             if not ray.is_initialized():
                 ray.init(address=settings.ray_address, log_to_driver=False, include_dashboard=False)
