@@ -346,8 +346,9 @@ def _fp8_output_note(entry: Any) -> str:
 
 
 def _without_unset_fp8(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`plan --json` names the FP8 settings of a source or entry only where there are some."""
-    return {key: value for key, value in items if not (key == "fp8" and value is None)}
+    """`plan --json` names the FP8 settings of a source or entry, a source's adapter and an entry's
+    card line only where there are some."""
+    return {key: value for key, value in items if not (key in ("fp8", "lora", "method_line") and value is None)}
 
 
 def _plan_json(value: object) -> object:

@@ -75,12 +75,11 @@ def parse_recipe(text: str, *, methods: MethodNames, source: str = "<string>") -
     A recipe whose indentation was lost (every line at column 0) is rebuilt from the schema.
     """
     if not looks_like_card(text):
-        from mergesmith.recipe.stages import yaml_documents
+        from mergesmith.recipe.stages import is_multi_stage, yaml_documents
 
-        documents = yaml_documents(text)
-        if len(documents) > 1:
+        if is_multi_stage(text):
             raise RecipeError(
-                f"{source}: {len(documents)} YAML documents: a multi-stage recipe (mergekit-multi's format)",
+                f"{source}: {len(yaml_documents(text))} YAML documents: a multi-stage recipe (mergekit-multi's format)",
                 hint=f"run it with mergesmith multi {source} OUT_DIR (each named stage goes to OUT_DIR/<name>)",
             )
         return _parse_block(text, source, 0, methods, from_card=False)

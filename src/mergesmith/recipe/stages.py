@@ -31,9 +31,17 @@ class Stage:
 
 
 def is_multi_stage(text: str) -> bool:
-    """Whether the text holds more than one YAML document, or one with a `name` (mergekit-multi)."""
+    """Whether the text holds more than one YAML document, each a mapping (mergekit-multi's files;
+    a single recipe with a `name`, as LazyMergekit writes them, is a plain recipe)."""
     documents = yaml_documents(text)
-    return len(documents) > 1 or (len(documents) == 1 and _name_of(documents[0][1], 1, "<text>") is not None)
+    return len(documents) > 1 and all(_is_mapping(body) for _, body in documents)
+
+
+def _is_mapping(body: str) -> bool:
+    try:
+        return isinstance(yaml.safe_load(body), dict)
+    except yaml.YAMLError:
+        return False
 
 
 def parse_stages(text: str, source: str, parse: Callable[[str, int], LoadedRecipe]) -> list[Stage]:
