@@ -917,3 +917,12 @@ def fp8_model(source: Path, folder: Path, block: tuple[int, int], **quantization
     config["quantization_config"] = {**QUANTIZATION, "weight_block_size": list(block), **quantization}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def build_wide_model(folder: Path, *, layers: int = 24, hidden: int = 512, seed: int = 0) -> Path:
+    """A Mistral-shaped model wide enough (about 160 MB in bf16 by default) that merging it takes
+    seconds, not milliseconds: what a test that watches or cancels a running merge needs."""
+    from mergesmith.synthetic import llama_style_tensors, mistral_config
+
+    config = mistral_config(layers=layers, hidden=hidden, intermediate=hidden * 7 // 2, heads=8, kv_heads=2, vocab=1024)
+    return write_synthetic_model(folder, config, llama_style_tensors(config), seed=seed)

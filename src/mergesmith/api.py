@@ -7,13 +7,13 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
 
 from mergesmith.checkpoints import Checkpoint, open_checkpoints
-from mergesmith.driver import MergeReport, merge_plan
+from mergesmith.driver import MergeReport, Progress, merge_plan
 from mergesmith.errors import MergesmithError, RecipeError
 from mergesmith.execute import MergeOptions
 from mergesmith.execute.run import input_paths, resolve_device, uses_device
@@ -219,8 +219,10 @@ def merge(
     allow_crimes: bool = False,
     strict: bool = False,
     unsafe_truncate_embeddings: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> MergeReport:
     """Run a recipe into the folder `out` (complete and valid, or not created at all).
+    `on_progress` hears how far it is, from the executor's threads.
 
     Example:
         >>> merge("recipe.yaml", "merged", options=MergeOptions(out_shard_bytes=2 * 10**9))
@@ -248,7 +250,7 @@ def merge(
         found = resolve_device("auto") if uses_device(planned) else "cpu"
         planned = planned if found != "cpu" else routed_to_cpu(planned)
         planned_device = found
-    return merge_plan(planned, checkpoints, out, dataclasses.replace(options, device=planned_device))
+    return merge_plan(planned, checkpoints, out, dataclasses.replace(options, device=planned_device), on_progress)
 
 
 def recipe_from_hub_card(model_id: str) -> LoadedRecipe:

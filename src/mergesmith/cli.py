@@ -10,7 +10,6 @@ import re
 import sys
 import tempfile
 import traceback
-from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mergesmith import __version__
 from mergesmith.errors import MergesmithError
 from mergesmith.execute.backend import BACKENDS
 from mergesmith.methods.spec import Unset
+from mergesmith.plan_json import json_default, plan_document
 
 log = logging.getLogger("mergesmith")
 
@@ -266,7 +266,7 @@ def plan(
 
         click.echo(f"wrote {plot_plan(result, plot_path)}", err=True)
     if as_json:
-        click.echo(json.dumps(_plan_document(result), indent=2, default=_plan_json))
+        click.echo(json.dumps(plan_document(result), indent=2, default=json_default))
         return
     _echo_plan(result)
 
@@ -288,10 +288,10 @@ def _plan_stages(path: Path, model_paths: dict, strict: bool, as_json: bool) -> 
     planned = plan_stages(path, model_paths=model_paths, strict=strict)
     if as_json:
         stages = [
-            {"name": s.name, "document": s.document, "depends": list(s.depends), "plan": _plan_document(p)}
+            {"name": s.name, "document": s.document, "depends": list(s.depends), "plan": plan_document(p)}
             for s, p in planned
         ]
-        click.echo(json.dumps({"stages": stages}, indent=2, default=_plan_json))
+        click.echo(json.dumps({"stages": stages}, indent=2, default=json_default))
         return
     for stage, result in planned:
         reads = f", reads {', '.join(stage.depends)}" if stage.depends else ""
@@ -299,22 +299,8 @@ def _plan_stages(path: Path, model_paths: dict, strict: bool, as_json: bool) -> 
         _echo_plan(result)
 
 
-def _plan_document(result: Any) -> dict[str, Any]:
-    vocabulary = result.vocabulary
-    summary: dict[str, Any] | None = None
-    if vocabulary is not None:  # the per-model row maps are data for the executor, not for reading
-        summary = {
-            "tokens": len(vocabulary.tokens),
-            "rows": vocabulary.size,
-            "tokenizer_from": vocabulary.source,
-            "added": [entry["content"] for entry in vocabulary.appended],
-            "dropped_ids": list(vocabulary.dropped),
-        }
-    return {**asdict(result, dict_factory=_without_unset_fp8), "vocabulary": summary}
-
-
 def _echo_plan(result: Any) -> None:
-    summary = _plan_document(result)["vocabulary"] if result.vocabulary is not None else None
+    summary = plan_document(result)["vocabulary"] if result.vocabulary is not None else None
     if summary is not None:
         names: list[str] = summary["added"]
         added = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
@@ -343,19 +329,6 @@ def _fp8_output_note(entry: Any) -> str:
     if fp8 is None:
         return ""
     return f" -> fp8 {fp8.block[0]}x{fp8.block[1]}" if entry.output == fp8.weight else f" -> scales of {fp8.weight}"
-
-
-def _without_unset_fp8(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`plan --json` names the FP8 settings of a source or entry, a source's adapter and an entry's
-    card line only where there are some."""
-    return {key: value for key, value in items if not (key in ("fp8", "lora", "method_line") and value is None)}
-
-
-def _plan_json(value: object) -> object:
-    """Plan values json cannot write itself: parameters as an object, unset ones as null."""
-    if isinstance(value, Mapping):  # plan.Params
-        return {key: None if isinstance(v, Unset) else v for key, v in value.items()}
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 VERIFY_EXAMPLES = """
@@ -866,6 +839,49 @@ def demo(ctx: click.Context, keep: Path | None) -> None:
             f"check: {check.layers} layers, {check.tensors} tensors: {check.scaled} scaled by the recipe's "
             f"1.5-4.0 ramp, {check.copied} copied byte for byte, all equal to an independent computation"
         )
+
+
+SERVE_EXAMPLES = """
+\b
+Examples:
+  mergesmith serve --root ~/models
+  mergesmith serve --root ~/models --root /data/merges --port 8471
+"""
+
+
+@cli.command(epilog=SERVE_EXAMPLES)
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(0, 65535), help="The port to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on. Anything but loopback lets this network read and write your roots.",
+)
+@click.option(
+    "--root",
+    "roots",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder the page may read models from and write merges to (repeatable; default: the current folder).",
+)
+@click.option(
+    "--history",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite file of past runs (default: FIRST_ROOT/.mergesmith/history.sqlite).",
+)
+def serve(port: int, host: str, roots: tuple[Path, ...], history: Path | None) -> None:
+    """A local page to compose, see, run and compare merges (needs mergesmith[web])."""
+    try:
+        from mergesmith.web.app import serve as run_server
+    except ImportError as err:
+        raise MergesmithError("the page needs its web server", hint="pip install 'mergesmith[web]'") from err
+    from mergesmith.web.roots import Roots
+
+    allowed = Roots(roots or [Path.cwd()])
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach it can read and write %s", host, ", ".join(map(str, allowed.folders)))
+    click.echo(f"mergesmith serve: http://{'127.0.0.1' if host == '127.0.0.1' else host}:{port}/ (Ctrl-C stops)", err=True)
+    run_server(allowed, host=host, port=port, history=history)
 
 
 def _echo_summary(report) -> None:

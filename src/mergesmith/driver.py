@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,22 @@ class MergeReport:
     shard_results: tuple[ShardResult, ...] = ()  # per shard written: where, when, how much
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a merge is, as `on_progress` hears it (from the executor's threads)."""
+
+    bytes_done: int
+    bytes_total: int
+    tensors_done: int  # 0 throughout on backends that count only bytes (Ray)
+    tensors_total: int
+
+
 def merge_plan(
-    plan: Plan, checkpoints: Mapping[str, Checkpoint], out: str | os.PathLike[str], options: MergeOptions | None = None
+    plan: Plan,
+    checkpoints: Mapping[str, Checkpoint],
+    out: str | os.PathLike[str],
+    options: MergeOptions | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> MergeReport:
     """Execute a plan into the folder `out`, atomically: the shards by the executor the options
     name, then (once every shard is complete and verified) the index, config, tokenizer files,
@@ -76,12 +91,13 @@ def merge_plan(
                     journal.seed,
                 )
             resume = _resume(journal, folder, layout, len(plan.entries), options.resume)
-            remaining = sum(
-                e.nbytes
+            todo = [
+                e
                 for e in plan.entries
                 if e.output not in resume.tensors
                 and layout.filenames[layout.slots[e.output].shard] not in resume.shards
-            )
+            ]
+            remaining = sum(e.nbytes for e in todo)
             with _progress(remaining, options.progress) as bar:
                 results = run_plan(
                     plan,
@@ -90,7 +106,7 @@ def merge_plan(
                     layout,
                     options,
                     seed=journal.seed,
-                    events=_Events(bar, journal, folder),
+                    events=_Events(bar, journal, folder, _Counter(remaining, len(todo), on_progress)),
                     resume=resume,
                     backend=backend,
                 )
@@ -130,11 +146,12 @@ class _Events:
     """The driver's side of a run: the progress bar, the resume journal, and the check of every
     shard a task reports with a digest, as it arrives (while other tasks still run)."""
 
-    def __init__(self, bar, journal: Journal, folder: Path) -> None:
-        self.bar, self.journal, self.folder = bar, journal, folder
+    def __init__(self, bar, journal: Journal, folder: Path, counter: _Counter) -> None:
+        self.bar, self.journal, self.folder, self.counter = bar, journal, folder, counter
 
-    def progress(self, nbytes: int) -> None:
+    def progress(self, nbytes: int, tensors: int = 0) -> None:
         self.bar.update(nbytes)
+        self.counter.add(nbytes, tensors)
 
     def tensor_written(self, name: str, crc: int) -> None:
         self.journal.record(name, crc)
@@ -151,6 +168,23 @@ class _Events:
                 hint="the storage shared by the nodes lost a write; run again (--resume keeps the verified shards)",
             )
         self.journal.record_shard(result.filename, result.digest)
+
+
+class _Counter:
+    """The running totals `on_progress` is told of."""
+
+    def __init__(self, bytes_total: int, tensors_total: int, on_progress: Callable[[Progress], None] | None) -> None:
+        self.bytes_total, self.tensors_total, self.on_progress = bytes_total, tensors_total, on_progress
+        self.bytes_done = self.tensors_done = 0
+        self.lock = threading.Lock()
+
+    def add(self, nbytes: int, tensors: int) -> None:
+        if self.on_progress is None:
+            return
+        with self.lock:  # held while it is told, so it hears the totals in order
+            self.bytes_done += nbytes
+            self.tensors_done += tensors
+            self.on_progress(Progress(self.bytes_done, self.bytes_total, self.tensors_done, self.tensors_total))
 
 
 class _NoBar:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # the command line reads BACKENDS without importing the execu
 class Events(Protocol):
     """What the driver hears while tasks run (called from any thread of the driver's process)."""
 
-    def progress(self, nbytes: int) -> None:
-        """`nbytes` more of the output are written."""
+    def progress(self, nbytes: int, tensors: int = 0) -> None:
+        """`nbytes` more of the output are written, in `tensors` more tensors (0: not counted)."""
 
     def tensor_written(self, name: str, crc: int) -> None:
         """A computed tensor's bytes are in its shard (the CRC-32 of them): --resume may keep it."""

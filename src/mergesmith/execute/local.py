@@ -83,7 +83,7 @@ class LocalBackend:
         if self.workers <= 1:
             for unit in units:
                 run(unit)
-                events.progress(sum(e.nbytes for e in unit))
+                events.progress(sum(e.nbytes for e in unit), len(unit))
             return
         budget = _Budget(self.max_memory_bytes)
         threads = _TorchThreads(max(1, (os.cpu_count() or 1) // self.workers))
@@ -98,7 +98,7 @@ class LocalBackend:
                         budget.release(cost)
                         break
                     future = pool.submit(threads.wrap(run) if needs_torch(unit[0]) else run, unit)
-                    future.add_done_callback(_finisher(budget, events, cost, sum(e.nbytes for e in unit), failed))
+                    future.add_done_callback(_finisher(budget, events, cost, unit, failed))
                     futures.append(future)
                 if failed.is_set():
                     for future in futures:
@@ -163,10 +163,10 @@ class _TorchThreads:
             torch.set_num_threads(self.before)
 
 
-def _finisher(budget: _Budget, events: Events, cost: int, nbytes: int, failed: threading.Event):
+def _finisher(budget: _Budget, events: Events, cost: int, unit: Work, failed: threading.Event):
     def finish(future: Future) -> None:
         budget.release(cost)
-        events.progress(nbytes)
+        events.progress(sum(e.nbytes for e in unit), len(unit))
         if not future.cancelled() and future.exception() is not None:
             failed.set()
 

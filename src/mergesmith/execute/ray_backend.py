@@ -132,7 +132,7 @@ class _TaskEvents:
         self.done = self.sent = 0
         self.lock = threading.Lock()
 
-    def progress(self, nbytes: int) -> None:
+    def progress(self, nbytes: int, tensors: int = 0) -> None:
         with self.lock:
             self.done += nbytes
             if self.done - self.sent >= PROGRESS_EVERY_BYTES:

@@ -1,0 +1,5 @@
+"""`python -m mergesmith`: the command line."""
+
+from mergesmith.cli import main
+
+main()
