@@ -175,8 +175,14 @@ def test_evaluate_and_compare_two_merges(page, server, model_root):
     page.select_option("#compare-b", str(ids[1]))
     rows = wait_text(page, "#compare-table", "perplexity")
     table = page.locator("#compare-table tr:has(td)")
-    cells = {row.locator("th").text_content(): [c.text_content() for c in row.locator("td").all()] for row in table.all()}
-    assert page.locator("#compare-table thead th").all_text_contents() == ["", f"#{ids[0]} cmp-seed", f"#{ids[1]} cmp-doubled"]
+    cells = {
+        row.locator("th").text_content(): [c.text_content() for c in row.locator("td").all()] for row in table.all()
+    }
+    assert page.locator("#compare-table thead th").all_text_contents() == [
+        "",
+        f"#{ids[0]} cmp-seed",
+        f"#{ids[1]} cmp-doubled",
+    ]
     for column, result in enumerate(expected):
         assert float(cells["perplexity"][column]) == pytest.approx(result["model"]["perplexity"], rel=1e-3), rows
         assert float(cells["KL(base || model), nats/token"][column]) == pytest.approx(result["kl_mean"], rel=1e-3)

@@ -245,6 +245,17 @@ def staging_folder(
             raise
 
 
+def discard_interrupted(out: Path) -> bool:
+    """Remove what a killed merge into `out` left (its partial folder, if mergesmith's, and the
+    lock file), where nothing will resume it; True if there was a partial folder."""
+    with output_lock(out):
+        staging = partial_folder(out)
+        if not _is_ours(staging):
+            return False
+        shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+
 def _take_staging(out: Path, *, resume: bool) -> tuple[Path, bool]:
     """The staging folder, and whether it is new: the interrupted merge's with `resume`, else a
     fresh one. Anything at that name that mergesmith did not make is refused, never followed or

@@ -171,14 +171,17 @@ class _Site:
             return _error(err, status=403)
         except MergesmithError as err:
             return _error(err, text)
-        merge_id = self.history.start_merge(
-            checked["recipe"], checked["plan"]["method"], checked["inputs"], str(out)
-        )
+        merge_id = self.history.start_merge(checked["recipe"], checked["plan"]["method"], checked["inputs"], str(out))
 
         def finish(state: str, last: dict[str, Any]) -> None:
             self.history.finish_merge(merge_id, state, message=last.get("message"), result=last.get("result"))
 
-        job = {"kind": "merge", "recipe": checked["recipe"], "model_paths": checked["model_paths"], "overwrite": overwrite}
+        job = {
+            "kind": "merge",
+            "recipe": checked["recipe"],
+            "model_paths": checked["model_paths"],
+            "overwrite": overwrite,
+        }
         await self.jobs.start(f"merge-{merge_id}", job, finish, out)
         return JSONResponse({"id": merge_id, "out": str(out)}, status_code=202)
 
@@ -276,9 +279,7 @@ def _input_identity(folder: Path | None) -> dict[str, Any]:
     """What the history keeps of an input: its folder and its files' names, sizes and times."""
     if folder is None:
         return {"folder": None, "from": "hub cache"}
-    files = [
-        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()
-    ]
+    files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir()) if p.is_file()]
     return {"folder": str(folder), "files": files}
 
 

@@ -102,17 +102,19 @@ class Jobs:
                 last = event
                 job.record(event)
             code = await job.process.wait()
+            if last.get("event") not in ("done", "error", "cancelled"):  # the worker died without a word
+                last = {"event": "error", "kind": "bug", "message": f"the worker stopped (exit code {code})"}
+                if job.out is not None:  # the page offers no --resume: what the merge left goes too
+                    from mergesmith.output.folder import discard_interrupted
+
+                    await asyncio.to_thread(discard_interrupted, job.out)
+                job.record(last)
         finally:
             if job.out is not None:
                 self.writing.pop(job.out, None)
-        kind = last.get("event")
-        state = {"done": "done", "cancelled": "cancelled"}.get(kind or "", "failed")
-        if kind not in ("done", "error", "cancelled"):  # the worker died without a word
-            last = {"event": "error", "kind": "bug", "message": f"the worker stopped (exit code {code})"}
-            job.record(last)
-        job.state = state
-        finish(state, last)
-        job.record({"event": "finished", "state": state})
+        job.state = {"done": "done", "cancelled": "cancelled"}.get(last["event"], "failed")
+        finish(job.state, last)
+        job.record({"event": "finished", "state": job.state})
 
     def cancel(self, key: str) -> bool:
         """Interrupt a running job as Ctrl-C would; False when it is not running."""
