@@ -17,7 +17,7 @@ PACKAGE = ROOT / "src" / "mergesmith"
 DOC = ROOT / "docs" / "errors.md"
 HEADING = "## Every error mergesmith raises"
 CLASSES = {"MergesmithError", "RecipeError", "CheckpointError", "PlanError", "MergeError", "OutputError",
-           "UnsupportedError", "ClusterError", "LayerConfigError"}  # fmt: skip
+           "UnsupportedError", "ClusterError", "LayerConfigError", "AccessError", "BusyError"}  # fmt: skip
 
 
 def _text(node: ast.expr) -> str | None:

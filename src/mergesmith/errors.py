@@ -46,3 +46,11 @@ class UnsupportedError(MergesmithError):
 
 class ClusterError(MergesmithError):
     """The Ray cluster cannot run the merge: it is unreachable, or no node has the resources asked for."""
+
+
+class AccessError(MergesmithError):
+    """The page (`mergesmith serve`) was given a path outside the folders it may read and write."""
+
+
+class BusyError(MergesmithError):
+    """The page was asked to start a second merge into an output folder another merge is writing."""

@@ -26,10 +26,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mergesmith import __version__
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import AccessError, BusyError, MergesmithError
 from mergesmith.web.history import History
-from mergesmith.web.jobs import BusyError, Jobs
-from mergesmith.web.roots import AccessError, Roots, cached_hub_models
+from mergesmith.web.jobs import Jobs
+from mergesmith.web.roots import Roots, cached_hub_models
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import BusyError
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("done", "failed", "cancelled")
-
-
-class BusyError(MergesmithError):
-    """Another merge is writing the same output folder."""
 
 
 @dataclass

@@ -11,14 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mergesmith.checkpoints.names import CONFIG
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import AccessError, MergesmithError
 
 _ADAPTER_CONFIG = "adapter_config.json"
 _LIST_DEPTH = 3  # how deep below a root the model picker looks for model folders
-
-
-class AccessError(MergesmithError):
-    """A path outside the folders the page may use."""
 
 
 class Roots:
