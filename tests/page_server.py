@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -29,11 +30,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(root: Path, history: Path, *extra_roots: Path) -> Server:
+def start_server(root: Path, history: Path, *extra_roots: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     roots = [arg for folder in (root, *extra_roots) for arg in ("--root", str(folder))]
     command = [sys.executable, "-m", "mergesmith", "serve", "--port", str(port), *roots, "--history", str(history)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -43,7 +43,7 @@ def seed_scale(layer: int) -> float | None:
 
 def wait_text(page, selector: str, pattern: str) -> str:
     page.wait_for_function(
-        "([s, p]) => new RegExp(p).test(document.querySelector(s).textContent)", arg=[selector, pattern],
+        "([s, p]) => new RegExp(p).test(document.querySelector(s)?.textContent ?? '')", arg=[selector, pattern],
         timeout=TIMEOUT_MS,
     )  # fmt: skip
     return page.text_content(selector)
@@ -102,7 +102,7 @@ def test_compose_the_seed_from_its_card_see_it_run_it_and_find_it_in_the_history
             assert cell.get_attribute("data-value") == ("unset" if expected is None else f"{expected:g}"), (layer, kind)
     page.hover("[data-testid=heat-map] rect[data-output='model.layers.30.self_attn.o_proj.weight']")
     tip = page.text_content("#tooltip")
-    assert tip.startswith("model.layers.30.self_attn.o_proj.weight  [32, 32] BF16\npassthrough()  scale\n"), tip
+    assert tip.startswith("model.layers.30.self_attn.o_proj.weight  [32, 32] BF16\npassthrough()  route: scale\n"), tip
     assert tip.endswith(f"sources:\n  {SEED_MODEL}: model.layers.30.self_attn.o_proj.weight  scale=3"), tip
     shoot(page, "map")
 

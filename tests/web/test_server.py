@@ -14,6 +14,7 @@ import sys
 import httpx
 import pytest
 
+from factory import fill_cache
 from mergesmith.demo import SEED_MODEL
 from page_server import start_server, stop_server
 
@@ -211,3 +212,27 @@ def test_a_worker_killed_outright_is_reported_failed(server, model_root):
     assert last[-2]["message"] == "the worker stopped (exit code -9)"
     assert last[-1]["state"] == "failed"
     assert not [p.name for p in (model_root / "merges").iterdir() if "killed" in p.name]
+
+
+def test_hub_models_come_from_the_local_cache(model_root, tmp_path):
+    """A hub id is offered from the hub cache and read from it; the page never downloads."""
+    cache = tmp_path / "hub"
+    fill_cache(cache, "someone/cached-model", model_root / SEED_MODEL)
+    server = start_server(model_root, tmp_path / "history.sqlite", env={"HF_HUB_CACHE": str(cache)})
+    try:
+        client = server.client()
+        assert client.get("/api/models").json()["hub"] == ["someone/cached-model"]
+        checked = client.post("/api/check", json={"recipe": RECIPE.replace(SEED_MODEL, "someone/cached-model")}).json()
+        assert checked["ok"] is True and checked["inputs"] == {
+            "someone/cached-model": {"folder": None, "from": "hub cache"}
+        }
+        merge_id = client.post(
+            "/api/merges", json={"recipe": RECIPE.replace(SEED_MODEL, "someone/cached-model"), "out": "merges/hub"}
+        ).json()["id"]
+        assert events(client, merge_id)[-1]["state"] == "done"
+        missing = client.post("/api/check", json={"recipe": RECIPE.replace(SEED_MODEL, "someone/not-cached")}).json()
+        assert missing["error"]["message"] == (
+            "model 'someone/not-cached': not in the local hub cache, and the hub cannot be reached"
+        )
+    finally:
+        stop_server(server)

@@ -186,7 +186,7 @@ function describeEntry(entry) {
   const own = Object.entries(entry.params || {}).filter(perSource);
   const sources = entry.sources.map((s, i) =>
     `  ${s.model}: ${s.tensor}` + own.map(([k, v]) => `  ${k}=${shown(v[i])}`).join("")).join("\n");
-  return `${entry.output}  [${entry.shape.join(", ")}] ${entry.written_dtype}\n${entry.method}(${params})  ${entry.route}\n` +
+  return `${entry.output}  [${entry.shape.join(", ")}] ${entry.written_dtype}\n${entry.method}(${params})  route: ${entry.route}\n` +
     `sources:\n${sources}`;
 }
 
