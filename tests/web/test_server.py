@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,43 @@ def test_outputs_outside_the_roots_are_refused(server, model_root, tmp_path, out
     assert answer.json()["error"]["kind"] == "AccessError"
     assert not list(tmp_path.iterdir())
     assert not (model_root.parent / "escape").exists()
+
+
+def test_a_merge_cannot_replace_the_history(model_root, tmp_path):
+    server = start_server(model_root, model_root / "state" / "history.sqlite")
+    try:
+        for out in ("state", "state/inside"):
+            answer = server.client().post("/api/merges", json={"recipe": RECIPE, "out": out, "overwrite": True})
+            assert answer.status_code == 403
+            assert answer.json()["error"]["message"] == (
+                f"output {model_root / out}: the page keeps its history in {model_root / 'state'}"
+            )
+        assert (model_root / "state" / "history.sqlite").is_file()
+    finally:
+        stop_server(server)
+        shutil.rmtree(model_root / "state")
+
+
+def test_an_evaluation_request_with_bad_fields_is_refused(server):
+    client = server.client()
+    merge_id = client.post("/api/merges", json={"recipe": RECIPE, "out": "merges/to-evaluate"}).json()["id"]
+    assert events(client, merge_id)[-1]["state"] == "done"
+    for body, message in (
+        ({"max_tokens": [1]}, "max_tokens: [1] is not a whole number of at least 2"),
+        ({"max_tokens": "many"}, "max_tokens: 'many' is not a whole number of at least 2"),
+        ({"max_tokens": 1}, "max_tokens: 1 is not a whole number of at least 2"),
+        ({"base": 3}, "base: a model folder or hub id, as text"),
+        ({"base": "/etc"}, None),
+    ):
+        answer = client.post(f"/api/merges/{merge_id}/evaluate", json=body)
+        assert answer.status_code in (400, 403), answer.text
+        if message:
+            assert answer.json()["error"]["message"] == message
+        else:
+            assert answer.json()["error"]["kind"] == "AccessError"
+    assert client.post("/api/merges/99999/evaluate", json={}).json()["error"]["message"] == (
+        "merge 99999 has no finished output to evaluate"
+    )
 
 
 @pytest.mark.parametrize(

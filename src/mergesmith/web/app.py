@@ -41,7 +41,7 @@ def create_app(roots: Roots, history_path: Path, *, host_names: tuple[str, ...] 
     """The application; `host_names` are the names the page may be reached by (the Host header)."""
     history = History(history_path)
     jobs = Jobs()
-    site = _Site(roots, history, jobs)
+    site = _Site(roots, history, jobs, history_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,8 +130,17 @@ def _text_field(body: dict[str, Any], name: str) -> str:
 
 
 class _Site:
-    def __init__(self, roots: Roots, history: History, jobs: Jobs) -> None:
+    def __init__(self, roots: Roots, history: History, jobs: Jobs, history_path: Path) -> None:
         self.roots, self.history, self.jobs = roots, history, jobs
+        self.state_folder = Path(os.path.realpath(history_path.parent))
+
+    def _check_apart_from_state(self, out: Path) -> None:
+        """A merge must not replace the folder holding the history (nor one around it)."""
+        if out == self.state_folder or out in self.state_folder.parents or self.state_folder in out.parents:
+            raise AccessError(
+                f"output {out}: the page keeps its history in {self.state_folder}",
+                hint="choose another output folder",
+            )
 
     async def info(self, request: Request) -> Response:
         return JSONResponse(
@@ -158,6 +167,7 @@ class _Site:
             body = await _body(request)
             text = _text_field(body, "recipe")
             out = self.roots.output(_text_field(body, "out"))
+            self._check_apart_from_state(out)
             overwrite = bool(body.get("overwrite"))
             checked = await run_in_threadpool(check_recipe, text, self.roots)
             if not checked["ok"]:
@@ -231,11 +241,13 @@ class _Site:
             if base:
                 mapped = self.roots.model_paths([base])
                 base_ref = str(mapped.get(base, base))
-            max_tokens = int(body.get("max_tokens") or 512)
+            max_tokens = body.get("max_tokens", 512)
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 2:
+                raise MergesmithError(f"max_tokens: {max_tokens!r} is not a whole number of at least 2")
         except AccessError as err:
             return _error(err, status=403)
-        except (MergesmithError, ValueError) as err:
-            return _error(err if isinstance(err, MergesmithError) else MergesmithError(str(err)))
+        except MergesmithError as err:
+            return _error(err)
         evaluation_id = self.history.start_evaluation(merge_id, base)
 
         def finish(state: str, last: dict[str, Any]) -> None:
