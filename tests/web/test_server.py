@@ -115,15 +115,18 @@ def test_outputs_outside_the_roots_are_refused(server, model_root, tmp_path, out
 
 
 def test_a_merge_cannot_replace_the_history(model_root, tmp_path):
-    server = start_server(model_root, model_root / "state" / "history.sqlite")
+    server = start_server(model_root, model_root / "state" / "deep" / "history.sqlite")
     try:
-        for out in ("state", "state/inside"):
+        for out in ("state/deep", "state"):  # the folder itself, and one around it
             answer = server.client().post("/api/merges", json={"recipe": RECIPE, "out": out, "overwrite": True})
             assert answer.status_code == 403
             assert answer.json()["error"]["message"] == (
-                f"output {model_root / out}: the page keeps its history in {model_root / 'state'}"
+                f"output {model_root / out}: the page keeps its history in {model_root / 'state' / 'deep'}"
             )
-        assert (model_root / "state" / "history.sqlite").is_file()
+        beside = server.client().post("/api/merges", json={"recipe": RECIPE, "out": "state/beside"})
+        assert beside.status_code == 202
+        assert events(server.client(), beside.json()["id"])[-1]["state"] == "done"
+        assert (model_root / "state" / "deep" / "history.sqlite").is_file()
     finally:
         stop_server(server)
         shutil.rmtree(model_root / "state")

@@ -135,8 +135,8 @@ class _Site:
         self.state_folder = Path(os.path.realpath(history_path.parent))
 
     def _check_apart_from_state(self, out: Path) -> None:
-        """A merge must not replace the folder holding the history (nor one around it)."""
-        if out == self.state_folder or out in self.state_folder.parents or self.state_folder in out.parents:
+        """A merge must not replace the folder holding the history, nor one around it."""
+        if out == self.state_folder or out in self.state_folder.parents:
             raise AccessError(
                 f"output {out}: the page keeps its history in {self.state_folder}",
                 hint="choose another output folder",
