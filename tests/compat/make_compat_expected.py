@@ -2,6 +2,12 @@
 
     python -m venv /tmp/mk && /tmp/mk/bin/pip install torch==2.13.0 mergekit==0.1.5
     python tests/compat/make_compat_expected.py /tmp/mk/bin/python [suite|real]
+    python tests/compat/make_compat_expected.py /tmp/mk/bin/python real --kernel-variants
+
+--kernel-variants runs mergekit on this machine's CPU kernels (torch's AVX2 or AVX-512 code) and,
+where a tensor's bytes differ from the recorded ones (a method whose result depends on the
+kernels, such as arcee_fusion's softmax near its threshold), adds mergekit's digest on these
+kernels to the scenario's `kernel_variants`; the recorded expectations are left as they are.
 
 Builds the stand-in models (suite_models.py, real_recipes/models.py), writes each recipe with the
 model names replaced by their folders (mergekit has no --model-path), runs them all in one mergekit
@@ -119,6 +125,28 @@ def record(python: str, cases: list[dict], inputs: dict[str, Path], tmp: Path) -
     return expected
 
 
+def capability(python: str) -> str:
+    """The CPU kernels torch picks in `python` (AVX2, AVX512, ...), as the tests' torch reports it."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def add_kernel_variants(path: Path, recorded: dict[str, Any], kernels: str, exact: set[str]) -> None:
+    """Only scenarios compared exactly: a random method's tensors differ from run to run anyway."""
+    document = json.loads(path.read_text())
+    added = 0
+    for name, entry in document["scenarios"].items():
+        now = recorded.get(name, {}) if name in exact else {}
+        if not entry.get("accepted") or not now.get("accepted"):
+            continue
+        differing = {t: d for t, d in now["tensors"].items() if entry["tensors"].get(t) != d}
+        if differing:
+            entry.setdefault("kernel_variants", {})[kernels] = differing
+            added += len(differing)
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"{path.name}: {added} tensors differ on {kernels} kernels, recorded as variants")
+
+
 def make_suite(python: str) -> None:
     from scenarios import SCENARIOS
     from suite_models import build_inputs
@@ -137,12 +165,17 @@ def make_suite(python: str) -> None:
             for s in SCENARIOS
         ]
         scenarios = record(python, cases, inputs, Path(tmp))
-        write(HERE / "expected_suite.json", inputs, scenarios)
+        if "--kernel-variants" in sys.argv:
+            exact = {s.name for s in SCENARIOS if s.compare == "exact"}
+            add_kernel_variants(HERE / "expected_suite.json", scenarios, capability(python), exact)
+        else:
+            write(HERE / "expected_suite.json", inputs, scenarios)
 
 
 def make_real(python: str) -> None:
     sys.path.insert(0, str(HERE / "real_recipes"))
     from real_models import RECIPES, TIE_CHECKS, build_inputs, load_real_recipe
+    from scenarios import RANDOM_METHODS, TIES_METHODS
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs = build_inputs(Path(tmp) / "inputs")
@@ -153,7 +186,11 @@ def make_real(python: str) -> None:
             case = {"name": path.stem, "recipe": recipe, "flags": (), "vocabulary": has_tokenizer, "chat": False}
             cases.append({**case, "tie_check": TIE_CHECKS.get(path.stem)})
         scenarios = record(python, cases, inputs, Path(tmp))
-        write(HERE / "expected_real.json", inputs, scenarios)
+        if "--kernel-variants" in sys.argv:
+            exact = {c["name"] for c in cases if c["recipe"].get("merge_method") not in RANDOM_METHODS + TIES_METHODS}
+            add_kernel_variants(HERE / "expected_real.json", scenarios, capability(python), exact)
+        else:
+            write(HERE / "expected_real.json", inputs, scenarios)
 
 
 def write(path: Path, inputs: dict[str, Path], scenarios: dict[str, Any]) -> None:
@@ -168,7 +205,7 @@ def write(path: Path, inputs: dict[str, Path], scenarios: dict[str, Any]) -> Non
 
 
 if __name__ == "__main__":
-    which = sys.argv[2:] or ["suite", "real"]
+    which = [arg for arg in sys.argv[2:] if not arg.startswith("--")] or ["suite", "real"]
     if "suite" in which:
         make_suite(sys.argv[1])
     if "real" in which:

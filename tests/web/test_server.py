@@ -230,6 +230,7 @@ def test_the_history_outlives_the_server_and_a_stopped_server_leaves_no_partial_
         assert records[done]["outcome"] == "done" and records[running]["outcome"] == "cancelled"
         found = client.get("/api/merges", params={"q": "merges/kept"}).json()
         assert [m["id"] for m in found] == [done]
+        assert [m["id"] for m in client.get("/api/merges", params={"outcome": "cancelled"}).json()] == [running]
         record = client.get(f"/api/merges/{done}").json()
         assert record["recipe"] == RECIPE
         assert record["inputs"][SEED_MODEL]["folder"] == str(model_root / SEED_MODEL)

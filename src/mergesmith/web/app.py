@@ -196,7 +196,8 @@ class _Site:
         return JSONResponse({"id": merge_id, "out": str(out)}, status_code=202)
 
     async def merges(self, request: Request) -> Response:
-        return JSONResponse(self.history.merges(request.query_params.get("q", "")))
+        query = request.query_params
+        return JSONResponse(self.history.merges(query.get("q", ""), query.get("outcome")))
 
     async def merge(self, request: Request) -> Response:
         record = self.history.merge(request.path_params["id"])

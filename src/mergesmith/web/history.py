@@ -88,15 +88,15 @@ class History:
                 (outcome, message, json.dumps(result), evaluation_id),
             )
 
-    def merges(self, query: str = "", limit: int = 200) -> list[dict[str, Any]]:
+    def merges(self, query: str = "", outcome: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Newest first; `query` matches the recipe, the output folder, the method or the outcome."""
         pattern = f"%{query}%"
         with self.lock:
             rows = self.db.execute(
                 "SELECT id, started, finished, method, output, outcome, message, duration_s, recipe_sha256 "
-                "FROM merges WHERE recipe LIKE ? OR output LIKE ? OR method LIKE ? OR outcome LIKE ? "
-                "ORDER BY id DESC LIMIT ?",
-                (pattern, pattern, pattern, pattern, limit),
+                "FROM merges WHERE (recipe LIKE ? OR output LIKE ? OR method LIKE ? OR outcome LIKE ?) "
+                "AND (? IS NULL OR outcome = ?) ORDER BY id DESC LIMIT ?",
+                (pattern, pattern, pattern, pattern, outcome, outcome, limit),
             ).fetchall()
         return [dict(row) for row in rows]
 

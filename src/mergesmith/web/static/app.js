@@ -440,7 +440,7 @@ async function startEvaluation() {
 // ---- compare ----------------------------------------------------------------------------------
 
 async function loadCompareChoices() {
-  const { data } = await api("/api/merges?q=done");
+  const { data } = await api("/api/merges?outcome=done");
   for (const [select, pick] of [[$("compare-a"), 1], [$("compare-b"), 0]]) {
     const previous = select.value;
     select.textContent = "";
