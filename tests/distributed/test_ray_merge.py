@@ -238,10 +238,11 @@ def test_a_killed_merge_is_resumed_keeping_the_shards_it_finished(ray_cluster, m
 
 class RecordedEvents:
     def __init__(self) -> None:
-        self.progress_bytes, self.tensors, self.shards = 0, [], []
+        self.progress_bytes, self.progress_tensors, self.tensors, self.shards = 0, 0, [], []
 
-    def progress(self, nbytes: int) -> None:
+    def progress(self, nbytes: int, tensors: int = 0) -> None:
         self.progress_bytes += nbytes
+        self.progress_tensors += tensors
 
     def tensor_written(self, name: str, crc: int) -> None:
         self.tensors.append(name)
@@ -266,6 +267,8 @@ def test_a_backend_reports_every_byte_once_and_every_shard(ray_cluster, models, 
     options = MergeOptions(executor=executor, out_shard_bytes=SHARD_BYTES)
     results = run_plan(planned, checkpoints, folder, layout, options, seed=3, events=events)
     assert events.progress_bytes == sum(e.nbytes for e in planned.entries)
+    # the local backend counts tensors as well as bytes (the page shows both); Ray counts bytes only
+    assert events.progress_tensors == (len(planned.entries) if executor == "local" else 0)
     assert sorted(r.filename for r in events.shards) == sorted(layout.filenames) == sorted(r.filename for r in results)
     assert sorted(p.name for p in folder.iterdir()) == sorted(layout.filenames)
     for result in results:
