@@ -95,11 +95,16 @@ def test_compose_the_seed_from_its_card_see_it_run_it_and_find_it_in_the_history
     pairs = {(int(d.get_attribute("data-output-layer")), int(d.get_attribute("data-source-layer"))) for d in dots.all()}
     assert pairs == {(i, i) for i in range(47)}
     page.select_option("#heat-param", "scale")
-    for layer in (0, 3, 4, 17, 30, 46):
+    shown = page.eval_on_selector_all(
+        "[data-testid=heat-map] rect", "cells => cells.map(c => [c.dataset.output, c.dataset.value])"
+    )
+    expected = {}
+    for layer in range(47):
         for kind in ("self_attn.o_proj.weight", "mlp.down_proj.weight", "self_attn.q_proj.weight"):
-            cell = page.locator(f"[data-testid=heat-map] rect[data-output='model.layers.{layer}.{kind}']")
-            expected = seed_scale(layer) if kind != "self_attn.q_proj.weight" else None
-            assert cell.get_attribute("data-value") == ("unset" if expected is None else f"{expected:g}"), (layer, kind)
+            scale = seed_scale(layer) if kind != "self_attn.q_proj.weight" else None
+            expected[f"model.layers.{layer}.{kind}"] = "unset" if scale is None else f"{scale:g}"
+    assert {name: value for name, value in shown if name in expected} == expected
+    assert len(shown) == 47 * 9  # every tensor of every layer has its cell
     page.hover("[data-testid=heat-map] rect[data-output='model.layers.30.self_attn.o_proj.weight']")
     tip = page.text_content("#tooltip")
     assert tip.startswith("model.layers.30.self_attn.o_proj.weight  [32, 32] BF16\npassthrough()  route: scale\n"), tip

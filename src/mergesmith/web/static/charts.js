@@ -59,7 +59,7 @@ function drawLayerMap(container, plan, tooltip) {
   const colors = modelColors(plan);
   const step = Math.max(8, Math.min(18, 900 / Math.max(outputs.length, 1)));
   const rowStep = Math.max(5, Math.min(12, 320 / (maxSource + 1)));
-  const left = 46, top = 14, width = left + step * outputs.length + 20, height = top + rowStep * (maxSource + 1) + 44;
+  const left = 52, top = 14, width = left + step * outputs.length + 20, height = top + rowStep * (maxSource + 1) + 44;
   const svg = svgElement("svg", { width, height, "data-testid": "layer-map" }, container);
   const y = (layer) => top + rowStep * (maxSource - layer) + rowStep / 2;
   const x = (index) => left + step * index + step / 2;
@@ -74,7 +74,8 @@ function drawLayerMap(container, plan, tooltip) {
     }
   });
   svgText(svg, left + (width - left) / 2, height - 2, "output layer", { "text-anchor": "middle" });
-  svgText(svg, 10, top + 8, "source", { transform: `rotate(-90 10 ${top + 30})` });
+  const middle = top + (height - 30 - top) / 2;
+  svgText(svg, 12, middle, "source layer", { transform: `rotate(-90 12 ${middle})`, "text-anchor": "middle" });
   outputs.forEach((layer, index) => {
     for (const source of layers.get(layer).values()) {
       const dot = svgElement("circle", {
