@@ -199,7 +199,7 @@ def plan(
         >>> len(p.entries)
     """
     loaded = _loaded(recipe)
-    checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
+    checkpoints = open_checkpoints(models_to_open(loaded), model_paths)
     return plan_readings(
         loaded,
         checkpoints,
@@ -231,7 +231,7 @@ def merge(
     out = Path(out)
     options = options or MergeOptions()
     check_output_folder(out, overwrite=True)  # where OUT would go, before any model is opened
-    checkpoints = open_checkpoints(_models_to_open(loaded), model_paths)
+    checkpoints = open_checkpoints(models_to_open(loaded), model_paths)
     inputs = input_paths(checkpoints)
     if os.path.isfile(loaded.source):
         inputs.append(("the recipe", Path(loaded.source)))
@@ -371,7 +371,8 @@ def _merge_of(planned: Plan) -> tuple[object, ...]:
     return (planned.entries, dict(planned.config), planned.base_model, planned.donor, planned.vocabulary)
 
 
-def _models_to_open(loaded: LoadedRecipe) -> list[str]:
+def models_to_open(loaded: LoadedRecipe) -> list[str]:
+    """Every model a recipe reads, under any of its readings (a rebuilt recipe may have several)."""
     models = loaded.recipe.models_to_open()
     for reading in loaded.readings:
         models += [model for model in reading.recipe.models_to_open() if model not in models]

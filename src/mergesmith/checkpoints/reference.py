@@ -39,7 +39,7 @@ def resolve_reference(text: str, model_paths: Mapping[str, Path] | None = None) 
     model_paths = model_paths or {}
     if text not in model_paths and "+" in text and not os.path.isdir(os.path.expanduser(text)):
         return _with_adapter(text, model_paths)
-    name, revision = _split_revision(text)
+    name, revision = split_revision(text)
     mapped = model_paths.get(text) or model_paths.get(name)
     if mapped is not None:
         folder = Path(mapped).expanduser()
@@ -70,7 +70,8 @@ def _with_adapter(text: str, model_paths: Mapping[str, Path]) -> ModelReference:
     return ModelReference(text, model.folder, model.repo_id, model.revision, adapter)
 
 
-def _split_revision(text: str) -> tuple[str, str | None]:
+def split_revision(text: str) -> tuple[str, str | None]:
+    """ "org/name@rev" -> ("org/name", "rev"); a text with no revision -> (text, None)."""
     name, sep, revision = text.rpartition("@")
     if sep and name and revision and "/" not in revision:
         return name, revision

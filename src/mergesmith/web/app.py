@@ -267,11 +267,7 @@ def check_recipe(text: str, roots: Roots) -> dict[str, Any]:
 
     try:
         loaded = api.parse_recipe(text, source="recipe")
-        references = list(
-            dict.fromkeys(
-                [*loaded.recipe.models_to_open(), *(m for r in loaded.readings for m in r.recipe.models_to_open())]
-            )
-        )
+        references = api.models_to_open(loaded)
         model_paths = roots.model_paths(references)
         planned = api.plan(loaded, model_paths=model_paths)
     except MergesmithError as err:

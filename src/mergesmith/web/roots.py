@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mergesmith.checkpoints.names import CONFIG
+from mergesmith.checkpoints.reference import split_revision
 from mergesmith.errors import AccessError, MergesmithError
 
 _ADAPTER_CONFIG = "adapter_config.json"
@@ -78,8 +79,7 @@ class Roots:
         return mapped
 
     def _local(self, reference: str) -> Path | None:
-        name = reference.rpartition("@")[0] if "@" in reference and "/" not in reference.rpartition("@")[2] else ""
-        for text in dict.fromkeys([reference, name] if name else [reference]):
+        for text in dict.fromkeys([reference, split_revision(reference)[0]]):
             path = self._candidate(text)
             if path.is_dir():
                 if not self.inside(path):
