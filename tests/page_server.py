@@ -12,6 +12,19 @@ from pathlib import Path
 
 import httpx
 
+# A TIES of the three wide models tests/web/conftest.py puts under the root: seconds of work,
+# long enough to watch, cancel or interrupt a running merge.
+WIDE_TIES = """models:
+  - model: wide/base
+  - model: wide/tune-a
+    parameters: {density: 0.5, weight: 0.5}
+  - model: wide/tune-b
+    parameters: {density: 0.5, weight: 0.5}
+merge_method: ties
+base_model: wide/base
+dtype: bfloat16
+"""
+
 
 @dataclass
 class Server:

@@ -878,13 +878,7 @@ def serve(port: int, host: str, roots: tuple[Path, ...], history: Path | None) -
     from mergesmith.web.roots import Roots
 
     allowed = Roots(roots or [Path.cwd()])
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "listening on %s: anyone who can reach it can read and write %s", host, ", ".join(map(str, allowed.folders))
-        )
-    click.echo(
-        f"mergesmith serve: http://{'127.0.0.1' if host == '127.0.0.1' else host}:{port}/ (Ctrl-C stops)", err=True
-    )
+    click.echo(f"mergesmith serve: http://{host}:{port}/ (Ctrl-C stops)", err=True)
     run_server(allowed, host=host, port=port, history=history)
 
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mergesmith.demo import SEED_MODEL
+from page_server import WIDE_TIES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -195,18 +196,6 @@ def test_evaluate_and_compare_two_merges(page, server, model_root):
     for chart in ("#compare-norm", "#compare-ratio", "#compare-lens"):
         assert page.locator(f"{chart} polyline").count() >= 2
     shoot(page, "compare")
-
-
-WIDE_TIES = """models:
-  - model: wide/base
-  - model: wide/tune-a
-    parameters: {density: 0.5, weight: 0.5}
-  - model: wide/tune-b
-    parameters: {density: 0.5, weight: 0.5}
-merge_method: ties
-base_model: wide/base
-dtype: bfloat16
-"""
 
 
 def test_a_cancelled_merge_leaves_nothing_and_one_output_takes_one_merge(page, server, model_root):

@@ -17,24 +17,13 @@ import pytest
 
 from factory import fill_cache
 from mergesmith.demo import SEED_MODEL
-from page_server import start_server, stop_server
+from page_server import WIDE_TIES, start_server, stop_server
 
 RECIPE = f"""slices:
   - sources:
       - model: {SEED_MODEL}
         layer_range: [0, 40]
 merge_method: passthrough
-dtype: bfloat16
-"""
-
-WIDE_TIES = """models:
-  - model: wide/base
-  - model: wide/tune-a
-    parameters: {density: 0.5, weight: 0.5}
-  - model: wide/tune-b
-    parameters: {density: 0.5, weight: 0.5}
-merge_method: ties
-base_model: wide/base
 dtype: bfloat16
 """
 

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mergesmith import __version__
 from mergesmith.errors import AccessError, BusyError, MergesmithError
+from mergesmith.plan_json import json_default
 from mergesmith.web.history import History
 from mergesmith.web.jobs import Jobs
 from mergesmith.web.roots import Roots, cached_hub_models
@@ -34,7 +35,8 @@ from mergesmith.web.roots import Roots, cached_hub_models
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # --host values that keep the page on this machine
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # the same, as a Host header names them
 
 
 def create_app(roots: Roots, history_path: Path, *, host_names: tuple[str, ...] = LOOPBACK_NAMES) -> ASGIApp:
@@ -157,7 +159,7 @@ class _Site:
         except MergesmithError as err:
             return _error(err)
         checked = await run_in_threadpool(check_recipe, text, self.roots)
-        return Response(json.dumps(checked, default=_plan_json), media_type="application/json")
+        return Response(json.dumps(checked, default=json_default), media_type="application/json")
 
     async def start_merge(self, request: Request) -> Response:
         from mergesmith.output.folder import check_output_folder
@@ -292,12 +294,6 @@ def _input_identity(folder: Path | None) -> dict[str, Any]:
     return {"folder": str(folder), "files": files}
 
 
-def _plan_json(value: object) -> object:
-    from mergesmith.plan_json import json_default
-
-    return json_default(value)
-
-
 def examples() -> list[dict[str, str]]:
     """Recipes to start from: the seed card's first, then one per common method."""
     from mergesmith.demo import seed_recipe_text
@@ -320,6 +316,9 @@ def serve(roots: Roots, *, host: str, port: int, history: Path | None) -> None:
     import uvicorn
 
     os.environ["HF_HUB_OFFLINE"] = "1"  # the page reads the hub cache, never the network
-    names = LOOPBACK_NAMES if host in ("127.0.0.1", "localhost", "::1") else (*LOOPBACK_NAMES, host)
+    names = LOOPBACK_NAMES
+    if host not in LOOPBACK_HOSTS:
+        log.warning("listening on %s: anyone who can reach it can read and write %s", host, roots.listed())
+        names = (*LOOPBACK_NAMES, host)
     app = create_app(roots, history or default_history(roots), host_names=names)
     uvicorn.run(app, host=host, port=port, log_level="warning")

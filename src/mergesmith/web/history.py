@@ -65,11 +65,12 @@ class History:
         return cursor.lastrowid
 
     def finish_merge(self, merge_id: int, outcome: str, *, message: str | None = None, result: Any = None) -> None:
+        now = time.time()
         with self.lock, self.db:
             self.db.execute(
                 "UPDATE merges SET finished = ?, outcome = ?, message = ?, result = ?, duration_s = ? - started "
                 "WHERE id = ?",
-                (time.time(), outcome, message, json.dumps(result), time.time(), merge_id),
+                (now, outcome, message, json.dumps(result), now, merge_id),
             )
 
     def start_evaluation(self, merge_id: int, base: str | None) -> int:

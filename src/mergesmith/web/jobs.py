@@ -18,15 +18,13 @@ from mergesmith.errors import BusyError
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("done", "failed", "cancelled")
-
 
 @dataclass
 class Job:
     key: str  # "merge-3", "evaluation-7": the history row it reports to
     process: asyncio.subprocess.Process
     out: Path | None = None
-    state: str = "running"  # then one of FINISHED
+    state: str = "running"  # then done, failed or cancelled
     events: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 0  # events are numbered, so a watcher sends each once

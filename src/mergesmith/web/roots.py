@@ -46,7 +46,7 @@ class Roots:
         real = Path(os.path.realpath(path))
         if not self.inside(path) or real in self.folders:
             raise AccessError(
-                f"output {text!r}: outside the folders this page may write ({self._listed()})",
+                f"output {text!r}: outside the folders this page may write ({self.listed()})",
                 hint="choose a folder under one of the roots (a relative path is taken from the first)",
             )
         return real
@@ -56,7 +56,7 @@ class Roots:
         path = self._candidate(text)
         if not path.is_dir() or not self.inside(path):
             raise AccessError(
-                f"{what} {text!r}: not a folder under the roots this page may read ({self._listed()})",
+                f"{what} {text!r}: not a folder under the roots this page may read ({self.listed()})",
                 hint="pick one of the listed models",
             )
         return Path(os.path.realpath(path))
@@ -73,7 +73,7 @@ class Roots:
                     mapped[part] = folder
                 elif _looks_like_path(part) or os.path.isdir(os.path.expanduser(part)):
                     raise AccessError(
-                        f"model {part!r}: not a folder under the roots this page may read ({self._listed()})",
+                        f"model {part!r}: not a folder under the roots this page may read ({self.listed()})",
                         hint="pick a model from the list, or start the server with --root on its folder",
                     )
         return mapped
@@ -84,7 +84,7 @@ class Roots:
             if path.is_dir():
                 if not self.inside(path):
                     raise AccessError(
-                        f"model {reference!r}: {path} is outside the folders this page may read ({self._listed()})",
+                        f"model {reference!r}: {path} is outside the folders this page may read ({self.listed()})",
                         hint="start the server with --root on the folder that holds it",
                     )
                 return Path(os.path.realpath(path))
@@ -102,7 +102,7 @@ class Roots:
     def _shown(self, folder: Path) -> str:
         return str(folder.relative_to(self.folders[0])) if folder.is_relative_to(self.folders[0]) else str(folder)
 
-    def _listed(self) -> str:
+    def listed(self) -> str:
         return ", ".join(str(f) for f in self.folders)
 
 

@@ -55,7 +55,7 @@ def run_merge(job: dict[str, Any]) -> dict[str, Any]:
     model_paths = {name: Path(folder) for name, folder in job["model_paths"].items()}
     loaded = api.parse_recipe(job["recipe"], source="the page's recipe")
     out = Path(job["out"])
-    options = MergeOptions(overwrite=bool(job.get("overwrite")), out_shard_bytes=int(job.get("shard_bytes", 5 * 10**9)))
+    options = MergeOptions(overwrite=bool(job.get("overwrite")))
     planned = api.plan(loaded, model_paths=model_paths)
     emit("planned", tensors=len(planned.entries), bytes=sum(e.nbytes for e in planned.entries))
     report = api.merge(loaded, out, model_paths=model_paths, options=options, on_progress=_Reporter())
@@ -79,8 +79,7 @@ def run_merge(job: dict[str, Any]) -> dict[str, Any]:
 def run_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     from mergesmith import evaluate as measure
 
-    text = measure.read_texts([Path(p) for p in job["texts"]]) if job.get("texts") else None
-    result = measure.evaluate(job["model"], base_dir=job.get("base"), text=text, max_tokens=int(job["max_tokens"]))
+    result = measure.evaluate(job["model"], base_dir=job.get("base"), max_tokens=job["max_tokens"])
     return asdict(result)
 
 

@@ -250,7 +250,7 @@ function followRun(id, out) {
   $("cancel-merge").disabled = false;
   const source = new EventSource(`/api/merges/${id}/events`);
   state.source = source;
-  source.onmessage = (message) => onRunEvent(id, JSON.parse(message.data));
+  source.onmessage = (message) => onRunEvent(JSON.parse(message.data));
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) state.source = null; };
 }
 
@@ -266,7 +266,7 @@ function setProgress(fraction, label) {
   $("progress-text").textContent = label || `${percent}%`;
 }
 
-async function onRunEvent(id, event) {
+function onRunEvent(event) {
   if (event.event === "planned") {
     $("run-tensors").textContent = `0 / ${event.tensors}`;
     $("run-bytes").textContent = `0 / ${formatBytes(event.bytes)}`;
@@ -463,7 +463,7 @@ async function compare() {
   const table = $("compare-table");
   table.textContent = "";
   if (!records.length) { table.textContent = "No finished merges yet."; return; }
-  const shown = latest.map((evaluation, i) => evaluation || null);
+  const shown = latest.map((evaluation) => evaluation || null);
   if (shown.some((e) => !e)) {
     table.innerHTML = `<tr><td>${records.filter((_, i) => !shown[i]).map((r) => `merge ${r.id}`).join(", ")} has no evaluation yet: evaluate it from the History page.</td></tr>`;
   }
