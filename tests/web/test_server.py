@@ -121,6 +121,23 @@ def test_a_merge_cannot_replace_the_history(model_root, tmp_path):
         shutil.rmtree(model_root / "state")
 
 
+@pytest.mark.parametrize("out", [SEED_MODEL, "Sao10K"])
+def test_an_output_that_is_or_holds_an_input_is_refused_before_any_run(server, model_root, out):
+    client = server.client()
+    before = len(client.get("/api/merges").json())
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (model_root / SEED_MODEL).iterdir())
+    answer = client.post("/api/merges", json={"recipe": RECIPE, "out": out, "overwrite": True})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["kind"] == "OutputError"
+    assert error["message"].startswith(f"{model_root / out}: the output folder ")
+    assert error["message"].endswith(f"(model '{SEED_MODEL}')")
+    assert len(client.get("/api/merges").json()) == before  # no run was started
+    assert (
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (model_root / SEED_MODEL).iterdir()) == files
+    )
+
+
 def test_an_evaluation_request_with_bad_fields_is_refused(server):
     client = server.client()
     merge_id = client.post("/api/merges", json={"recipe": RECIPE, "out": "merges/to-evaluate"}).json()["id"]

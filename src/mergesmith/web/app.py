@@ -176,7 +176,8 @@ class _Site:
                 return JSONResponse({"error": checked["error"]}, status_code=400)
             self.jobs.check_free(out)
             out.parent.mkdir(parents=True, exist_ok=True)  # inside a root (checked above), as a page user expects
-            check_output_folder(out, overwrite=overwrite)
+            inputs = [(f"model {name!r}", Path(folder)) for name, folder in checked["model_paths"].items()]
+            check_output_folder(out, overwrite=overwrite, inputs=inputs)  # refused now, not by the worker later
         except BusyError as err:
             return _error(err, status=409)
         except AccessError as err:
